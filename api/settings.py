@@ -1,0 +1,102 @@
+"""Service configuration, read from the environment (prefix ``RUC_``).
+
+Imported by the API and the worker alike, so it depends on pydantic only: no FastAPI, no torch.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+class Settings(BaseSettings):
+    """All knobs of the service. Paths are made absolute at load time so API and worker agree."""
+
+    model_config = SettingsConfigDict(env_prefix="RUC_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("./.ruc-data"), description="Root of the SQLite file, broker and storage"
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; default sqlite:///{data_dir}/ruc.sqlite3. Postgres: postgresql+psycopg://...",
+    )
+    broker_url: str = Field(
+        default="filesystem://",
+        description="Celery broker: redis://... or filesystem:// (messages in {data_dir}/broker)",
+    )
+    max_upload_bytes: int = Field(default=2 * GiB, ge=1)
+    upload_chunk_bytes: int = Field(default=1 * MiB, ge=1024)
+    lease_seconds: int = Field(
+        default=60, ge=5, description="A running job whose lease lapses may be re-claimed"
+    )
+    heartbeat_seconds: int = Field(default=10, ge=1, description="How often a worker renews its lease")
+    max_attempts: int = Field(default=3, ge=1, description="Runs of one job before it is marked failed")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="In-process cache of key hash -> owner; a revoked key lives at most this long",
+    )
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+    webhook_secret: str = Field(default="", description="HMAC-SHA256 key that signs callback_url deliveries")
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'ruc.sqlite3'}"
+        return self
+
+    @property
+    def storage_dir(self) -> Path:
+        """Uploads and artifacts: datasets/<id>/, checkpoints/<id>/, jobs/<id>/ (row paths are relative)."""
+        return self.data_dir / "storage"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def is_filesystem_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    def broker_transport_options(self) -> dict[str, Any]:
+        """Celery ``broker_transport_options``: the folders of kombu's filesystem transport; {} for others.
+
+        Producer and consumer share one folder, so ``data_folder_in`` equals ``data_folder_out``.
+        """
+        if not self.is_filesystem_broker:
+            return {}
+        queue_dir = self.broker_dir / "queue"
+        return {
+            "data_folder_in": str(queue_dir),
+            "data_folder_out": str(queue_dir),
+            "processed_folder": str(self.broker_dir / "processed"),
+            "store_processed": False,
+        }
+
+    def ensure_dirs(self) -> None:
+        """Create the data, storage and (filesystem) broker folders; idempotent."""
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_filesystem_broker:
+            for key in ("data_folder_in", "processed_folder"):
+                Path(self.broker_transport_options()[key]).mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing the environment."""
+    return Settings()
