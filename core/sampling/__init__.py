@@ -1,0 +1,21 @@
+"""Clean/unclean split of the pseudo-labels (RUC section 3.1) and the kNN it needs."""
+
+from core.sampling.knn import knn_indices
+from core.sampling.strategies import (
+    Strategy,
+    confidence_mask,
+    ensure_clean_per_cluster,
+    knn_majority,
+    metric_mask,
+    select_clean,
+)
+
+__all__ = [
+    "Strategy",
+    "confidence_mask",
+    "ensure_clean_per_cluster",
+    "knn_indices",
+    "knn_majority",
+    "metric_mask",
+    "select_clean",
+]
