@@ -1,0 +1,97 @@
+"""RUC's resumable training state and its atomic checkpoint file.
+
+A checkpoint holds everything the next epoch reads: both networks and optimisers, the clean set
+and pseudo-labels after refurbishing, the recorded confidences, every random stream, the epoch
+count and the metrics so far, plus a fingerprint of the inputs so that a file written for a
+different job (other data, labels, clean set, spec or seed) is never resumed by mistake.
+The learning rate is a pure function of the epoch (cosine), so there is no scheduler state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.spec import RefineSpec
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class RucState:
+    """Snapshot after ``epoch`` completed epochs (tensors on the CPU).
+
+    nets / optimizers: one state dict per network (1 or 2).
+    clean_mask: (N,) bool; pseudo_labels: (N,) int64 (refurbished labels included).
+    confidence: (V, N) float32, each network's max softmax on the unaugmented view from its latest
+        pass; seen: (V, N) bool, which entries have been recorded at least once.
+    rng: {"torch_generator": ByteTensor, "numpy": dict} (the bit generator state of the Beta draws).
+    """
+
+    fingerprint: str
+    epoch: int
+    nets: list[dict[str, torch.Tensor]]
+    optimizers: list[dict[str, Any]]
+    clean_mask: torch.Tensor
+    pseudo_labels: torch.Tensor
+    confidence: torch.Tensor
+    seen: torch.Tensor
+    rng: dict[str, Any]
+    per_epoch: list[dict[str, Any]] = field(default_factory=list)
+    version: int = FORMAT_VERSION
+
+
+def input_fingerprint(
+    *,
+    images_shape: tuple[int, ...],
+    pseudo_labels: torch.Tensor,
+    clean_mask: torch.Tensor,
+    spec: RefineSpec,
+    num_clusters: int,
+    seed: int,
+) -> str:
+    """sha256 over the image shape, the initial labels and clean set, the spec, K and the seed."""
+    h = hashlib.sha256()
+    meta = {
+        "images_shape": list(images_shape),
+        "num_clusters": num_clusters,
+        "seed": seed,
+        "spec": spec.model_dump(mode="json"),
+    }
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    h.update(pseudo_labels.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    h.update(clean_mask.detach().to("cpu", torch.bool).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_state(state: RucState, path: Path) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(asdict(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_state(path: Path) -> RucState:
+    """Read a checkpoint written by ``save_state`` (safe unpickler: tensors and plain containers only).
+
+    Raises ValueError when the file is not a RUC checkpoint of this format version.
+    """
+    raw = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(raw, dict) or raw.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path} is not a RUC checkpoint of format version {FORMAT_VERSION}")
+    return RucState(**raw)
