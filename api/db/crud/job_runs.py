@@ -1,0 +1,320 @@
+"""The worker's side of the database: leases, progress, events, metrics, artifacts, outcomes.
+
+Every write that a running job makes is conditional on the caller still holding the job's lease
+(``lease_owner = :owner AND status = 'running'``), so a worker that lost its lease (it stalled past
+``lease_expires_at`` and another worker claimed the job) can no longer touch the row. Functions only
+flush; the worker commits at its edges (one short transaction per hook call).
+
+Conditional ``UPDATE ... WHERE`` with ``rowcount`` is the claim primitive because it is atomic on both
+Postgres (row lock, re-check of the WHERE clause after a concurrent update) and SQLite (one writer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from api.db.models import Artifact, Checkpoint, Dataset, Job, JobEvent, JobMetric, utcnow
+
+ClaimOutcome = Literal["claimed", "lease_alive", "finished", "cancelled", "missing", "exhausted"]
+RUNNABLE_STATUSES = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a delivery of ``jobs.run`` found: ``claimed`` means this worker now owns the job."""
+
+    outcome: ClaimOutcome
+    job: Job | None
+    detail: str = ""
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def claim_job(
+    session: Session, job_id: str, *, owner: str, lease_seconds: float, now: datetime | None = None
+) -> Claim:
+    """Take the lease of ``job_id`` for ``owner`` if nobody holds a live one; count the attempt.
+
+    A claim succeeds only for a queued/running job whose lease is absent or expired and that has no
+    pending cancel. A claim past ``max_attempts`` marks the job failed ("worker lost N times"): a job
+    that kills its worker every time (a poison job) ends instead of looping.
+    """
+    now = now or utcnow()
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_(RUNNABLE_STATUSES),
+            or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+            Job.cancel_requested.is_(False),
+        )
+        .values(
+            status="running",
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    job = get_job(session, job_id)
+    if job is None:
+        return Claim("missing", None)
+    if result.rowcount != 1:
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return Claim("finished", job, f"job is already {job.status}")
+        if job.cancel_requested and _finish_unowned_cancel(session, job_id, now):
+            return Claim("cancelled", get_job(session, job_id), "cancel requested while nobody ran the job")
+        return Claim("lease_alive", job, f"lease held by {job.lease_owner} until {job.lease_expires_at}")
+    if job.started_at is None:
+        job.started_at = now
+    if job.attempts > job.max_attempts:
+        lost = job.attempts - 1
+        job.status = "failed"
+        job.error = f"worker lost {lost} times (max_attempts={job.max_attempts})"
+        job.finished_at = now
+        job.lease_owner = None
+        job.lease_expires_at = None
+        add_event(session, job_id, "error", job.error)
+        session.flush()
+        return Claim("exhausted", job, job.error)
+    session.flush()
+    return Claim("claimed", job)
+
+
+def _finish_unowned_cancel(session: Session, job_id: str, now: datetime) -> bool:
+    """A cancel requested while nobody runs the job (queued, or its worker's lease lapsed) ends it here."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_(RUNNABLE_STATUSES),
+            Job.cancel_requested.is_(True),
+            or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+        )
+        .values(status="cancelled", finished_at=now, lease_owner=None, lease_expires_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    add_event(session, job_id, "info", "cancelled while no worker was running it")
+    return True
+
+
+def _owned(job_id: str, owner: str) -> Any:
+    return and_(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+
+
+def renew_lease(session: Session, job_id: str, *, owner: str, lease_seconds: float) -> bool:
+    """Heartbeat: push ``lease_expires_at`` forward. False means the lease is gone (stop working)."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(_owned(job_id, owner))
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def update_progress(
+    session: Session,
+    job_id: str,
+    *,
+    owner: str,
+    stage: str | None = None,
+    progress: float | None = None,
+    epoch: int | None = None,
+    total_epochs: int | None = None,
+) -> bool:
+    """Write whichever of stage / overall progress (0..1) / epoch / total_epochs are given."""
+    values: dict[str, Any] = {}
+    if stage is not None:
+        values["stage"] = stage
+    if progress is not None:
+        values["progress"] = min(max(float(progress), 0.0), 1.0)
+    if epoch is not None:
+        values["epoch"] = int(epoch)
+    if total_epochs is not None:
+        values["total_epochs"] = int(total_epochs)
+    if not values:
+        return True
+    result = session.execute(
+        update(Job).where(_owned(job_id, owner)).values(**values).execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def is_cancel_requested(session: Session, job_id: str) -> bool:
+    value = session.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one_or_none()
+    return bool(value)
+
+
+def holds_lease(session: Session, job_id: str, *, owner: str) -> bool:
+    return session.execute(select(Job.id).where(_owned(job_id, owner))).first() is not None
+
+
+def add_event(
+    session: Session, job_id: str, level: str, message: str, data: dict[str, Any] | None = None
+) -> JobEvent:
+    event = JobEvent(job_id=job_id, level=level, message=message, data=data)
+    session.add(event)
+    session.flush()
+    return event
+
+
+def list_event_messages(session: Session, job_id: str) -> list[str]:
+    return list(
+        session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+    )
+
+
+def put_epoch_metrics(session: Session, job_id: str, epoch: int, metrics: dict[str, Any]) -> None:
+    """One row per (job, epoch); a resumed run that repeats an epoch replaces its row."""
+    session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.epoch == epoch))
+    session.add(JobMetric(job_id=job_id, epoch=epoch, metrics=metrics))
+    session.flush()
+
+
+def put_artifact(
+    session: Session, job_id: str, *, name: str, path: str, size: int, sha256: str, media_type: str
+) -> Artifact:
+    """Register (or replace, on a re-run) the artifact ``name``; ``path`` is relative to storage."""
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+    artifact = Artifact(job_id=job_id, name=name, path=path, size=size, sha256=sha256, media_type=media_type)
+    session.add(artifact)
+    session.flush()
+    return artifact
+
+
+def finish_job(
+    session: Session,
+    job_id: str,
+    *,
+    owner: str,
+    status: Literal["succeeded", "failed", "cancelled"],
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> bool:
+    """End a job this worker owns. False (nothing written) if the lease was lost meanwhile."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": now,
+        "updated_at": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "error": error,
+    }
+    if status == "succeeded":
+        values["progress"] = 1.0
+    if result is not None:
+        values["result"] = result
+    res = session.execute(
+        update(Job).where(_owned(job_id, owner)).values(**values).execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
+
+
+def release_expired_leases(session: Session, *, now: datetime | None = None, limit: int = 100) -> list[str]:
+    """Jobs whose worker died (``running``, lease lapsed): clear the lease so a new delivery can claim.
+
+    The conditional UPDATE makes each job's release happen once even when several workers sweep at
+    the same moment; the caller re-enqueues exactly the ids returned.
+    """
+    now = now or utcnow()
+    candidates = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status == "running", Job.lease_expires_at.is_not(None), Job.lease_expires_at < now)
+            .order_by(Job.id)
+            .limit(limit)
+        )
+    )
+    released: list[str] = []
+    for job_id in candidates:
+        res = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
+            .values(lease_owner=None, lease_expires_at=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount == 1:
+            add_event(session, job_id, "warning", "worker lost (lease expired); job re-enqueued")
+            released.append(job_id)
+    return released
+
+
+def unclaimed_queued_jobs(session: Session, *, older_than: datetime, limit: int = 100) -> list[str]:
+    """Queued jobs nobody has claimed since ``older_than`` (their message may have been lost)."""
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.status == "queued",
+                Job.lease_expires_at.is_(None),
+                Job.cancel_requested.is_(False),
+                Job.created_at < older_than,
+            )
+            .order_by(Job.id)
+            .limit(limit)
+        )
+    )
+
+
+# --- uploads -------------------------------------------------------------------------------------
+
+
+def get_dataset(session: Session, dataset_id: str) -> Dataset | None:
+    return session.get(Dataset, dataset_id, populate_existing=True)
+
+
+def get_checkpoint(session: Session, checkpoint_id: str) -> Checkpoint | None:
+    return session.get(Checkpoint, checkpoint_id, populate_existing=True)
+
+
+def set_dataset_validation(
+    session: Session,
+    dataset_id: str,
+    *,
+    ready: bool,
+    facts: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> bool:
+    """Record the outcome of ``uploads.validate_dataset`` (only while the row is still ``validating``)."""
+    res = session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.status == "validating")
+        .values(status="ready" if ready else "invalid", facts=facts, reason=reason, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1
+
+
+def set_checkpoint_validation(
+    session: Session,
+    checkpoint_id: str,
+    *,
+    ready: bool,
+    kind: str | None = None,
+    info: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> bool:
+    """Record the outcome of ``uploads.validate_checkpoint`` (only while the row is ``validating``)."""
+    res = session.execute(
+        update(Checkpoint)
+        .where(Checkpoint.id == checkpoint_id, Checkpoint.status == "validating")
+        .values(
+            status="ready" if ready else "invalid", kind=kind, info=info, reason=reason, updated_at=utcnow()
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1

@@ -1,0 +1,1 @@
+"""The ``ruc-service`` command line: one module per command in ``cli.commands``."""

@@ -1,0 +1,1 @@
+"""One module per ``ruc-service`` sub-command; each has ``register(subparsers)``."""

@@ -1,0 +1,86 @@
+"""The Celery application, configured from ``api.settings.Settings``.
+
+Delivery guarantees come from the database, not the broker: a job row carries a
+lease (see ``api.db.crud.job_runs.claim_job``), so a duplicate or late delivery
+is harmless (dropped), and a lost one is re-enqueued by ``worker.recovery``.
+The broker settings below only make losses rare:
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged
+  after the task returns, so a worker that dies mid-job leaves it unacked and the
+  broker hands it out again.
+* ``worker_prefetch_multiplier = 1``: a busy GPU worker does not hoard queued
+  jobs that an idle worker could start.
+* ``visibility_timeout`` (Redis): how long an unacknowledged message stays
+  invisible before Redis redelivers it. A job keeps its message unacked for its
+  whole run (hours for a 200-epoch RUC run), so a short timeout would redeliver
+  every long job while it is still running. We set it far above any job's length;
+  fast recovery after a crash comes from the lease sweeper, not from this timer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from api.settings import Settings, get_settings
+from worker.recovery import TASK_RUN_JOB as _RECOVERY_TASK
+from worker.recovery import install as install_recovery
+
+GPU_QUEUE = "gpu"
+CPU_QUEUE = "cpu"
+
+TASK_RUN_JOB = "jobs.run"
+TASK_VALIDATE_DATASET = "uploads.validate_dataset"
+TASK_VALIDATE_CHECKPOINT = "uploads.validate_checkpoint"
+assert _RECOVERY_TASK == TASK_RUN_JOB
+
+# 7 days: longer than any job we accept (2000 epochs cap on the spec); see module doc.
+VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Filesystem broker: its folders (created here); Redis: the visibility timeout (module doc)."""
+    if settings.is_filesystem_broker:
+        settings.ensure_dirs()
+        return settings.broker_transport_options()
+    return {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery(
+        "ruc_service", broker=settings.broker_url, include=["worker.tasks.jobs", "worker.tasks.uploads"]
+    )
+    app.conf.update(
+        broker_transport_options=broker_transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        task_queues=[
+            Queue(GPU_QUEUE, Exchange(GPU_QUEUE, type="direct"), routing_key=GPU_QUEUE),
+            Queue(CPU_QUEUE, Exchange(CPU_QUEUE, type="direct"), routing_key=CPU_QUEUE),
+        ],
+        task_default_queue=CPU_QUEUE,
+        task_routes={
+            TASK_RUN_JOB: {"queue": GPU_QUEUE, "routing_key": GPU_QUEUE},
+            TASK_VALIDATE_DATASET: {"queue": CPU_QUEUE, "routing_key": CPU_QUEUE},
+            TASK_VALIDATE_CHECKPOINT: {"queue": CPU_QUEUE, "routing_key": CPU_QUEUE},
+        },
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # A job may run for hours: no soft/hard time limit kills it; cancel goes through the DB.
+        task_time_limit=None,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    return app
+
+
+app = create_celery()
+install_recovery(app)

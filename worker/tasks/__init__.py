@@ -1,0 +1,1 @@
+"""Celery tasks: thin wrappers with dotted names around ``worker.job_runner`` and ``worker.validation``."""

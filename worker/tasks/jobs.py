@@ -1,0 +1,12 @@
+"""``jobs.run(job_id)`` on queue ``gpu``."""
+
+from __future__ import annotations
+
+from worker.celery_app import TASK_RUN_JOB, app
+
+
+@app.task(name=TASK_RUN_JOB, ignore_result=True)
+def run(job_id: str) -> str:
+    from worker.job_runner import run_job_delivery
+
+    return run_job_delivery(job_id)
