@@ -1,0 +1,136 @@
+"""Robustness of a clustering model under FGSM/BIM: accuracy and prediction stability."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from core.adversarial.attacks import ModelFn, bim, fgsm
+from core.errors import CoreInputError
+from core.metrics import NO_LABELS, hungarian_match
+
+
+class AttackLike(Protocol):
+    """What ``core.spec.AttackSpec`` provides."""
+
+    kind: str
+    eps: list[float]
+    steps: int
+
+
+def _predict(model_fn: ModelFn, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model_fn(x).argmax(dim=1)
+
+
+def robustness_report(
+    model_fn: ModelFn,
+    images: torch.Tensor,
+    *,
+    y_true: np.ndarray | None,
+    mapping: np.ndarray | None,
+    attacks: Sequence[AttackLike],
+    batch_size: int,
+    device: str | torch.device,
+) -> dict:
+    """Evaluate ``model_fn`` (x (B, C, H, W) in [0, 1] -> logits (B, K)) under each attack and eps.
+
+    images: (N, C, H, W) float in [0, 1] on any device (moved per batch). With labels y_true (N,),
+    the attack target is the true class mapped into cluster space through ``mapping`` (cluster ->
+    class, -1 unmatched; computed by Hungarian matching of the clean predictions when None); a
+    class without a cluster is targeted through the clean prediction (it can never be right
+    anyway). Without labels the target is the clean prediction. Put modules in eval mode first if
+    ``model_fn`` is not itself an ``nn.Module``.
+
+    Returns {num_samples, target, clean_accuracy, unavailable_reason, attacks: [{kind, eps, steps,
+    accuracy, stability}]}; accuracy = Hungarian-mapped prediction equals the label (None without
+    labels), stability = fraction of samples whose predicted cluster is unchanged by the attack.
+    """
+    if images.ndim != 4:
+        raise CoreInputError("images", f"expected (N, C, H, W), got shape {tuple(images.shape)}")
+    if batch_size < 1:
+        raise CoreInputError("batch_size", f"must be >= 1, got {batch_size}")
+    for a in attacks:
+        if a.kind not in ("fgsm", "bim"):
+            raise CoreInputError("attacks.kind", f"unknown attack {a.kind!r}")
+    n = images.shape[0]
+    dev = torch.device(device)
+    labels = None if y_true is None else np.asarray(y_true, dtype=np.int64)
+    if labels is not None and labels.shape != (n,):
+        raise CoreInputError("y_true", f"expected shape ({n},), got {labels.shape}")
+
+    clean_pred = (
+        torch.cat(
+            [_predict(model_fn, images[i : i + batch_size].to(dev)).cpu() for i in range(0, n, batch_size)]
+        )
+        if n
+        else torch.zeros(0, dtype=torch.int64)
+    )  # (N,)
+
+    cluster_of_class: torch.Tensor | None = None
+    map_t: torch.Tensor | None = None
+    if labels is not None:
+        if mapping is None:
+            num_clusters = int(clean_pred.max()) + 1 if n else 1
+            mapping = hungarian_match(labels, clean_pred.numpy(), num_clusters)
+        mapping = np.asarray(mapping, dtype=np.int64)
+        num_classes = int(max(labels.max(initial=-1), mapping.max(initial=-1))) + 1
+        inv = np.full(num_classes, -1, dtype=np.int64)
+        for k, c in enumerate(mapping):
+            if c >= 0:
+                inv[c] = k
+        cluster_of_class = torch.from_numpy(inv)
+        map_t = torch.from_numpy(mapping)
+
+    def mapped_correct(pred: torch.Tensor, lab: torch.Tensor) -> int:
+        assert map_t is not None
+        inside = pred < map_t.shape[0]
+        mapped = torch.where(inside, map_t[pred.clamp(max=map_t.shape[0] - 1)], torch.full_like(pred, -1))
+        return int((mapped == lab).sum())
+
+    jobs = [(a, float(e)) for a in attacks for e in a.eps]
+    correct = [0] * len(jobs)
+    stable = [0] * len(jobs)
+    clean_correct = 0
+    for i in range(0, n, batch_size):
+        x = images[i : i + batch_size].to(dev)
+        pred0 = clean_pred[i : i + batch_size]
+        if cluster_of_class is not None:
+            lab = torch.from_numpy(labels[i : i + batch_size])
+            target = cluster_of_class[lab]
+            target = torch.where(target >= 0, target, pred0)
+            clean_correct += mapped_correct(pred0, lab)
+        else:
+            target = pred0
+        target_d = target.to(dev)
+        for j, (a, eps) in enumerate(jobs):
+            x_adv = (
+                fgsm(model_fn, x, target_d, eps)
+                if a.kind == "fgsm"
+                else bim(model_fn, x, target_d, eps, steps=a.steps)
+            )
+            pred = _predict(model_fn, x_adv).cpu()
+            stable[j] += int((pred == pred0).sum())
+            if cluster_of_class is not None:
+                correct[j] += mapped_correct(pred, lab)
+
+    has_labels = labels is not None
+    return {
+        "num_samples": int(n),
+        "target": "true_label" if has_labels else "clean_prediction",
+        "clean_accuracy": (clean_correct / n if n else None) if has_labels else None,
+        "unavailable_reason": None if has_labels else NO_LABELS,
+        "attacks": [
+            {
+                "kind": a.kind,
+                "eps": eps,
+                "steps": int(a.steps) if a.kind == "bim" else None,
+                "accuracy": (correct[j] / n if n else None) if has_labels else None,
+                "stability": stable[j] / n if n else None,
+            }
+            for j, (a, eps) in enumerate(jobs)
+        ],
+    }
