@@ -1,0 +1,136 @@
+"""The lease protocol of ``api.db.crud.job_runs`` on real Postgres: who runs a job is decided here."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from api.db.crud import job_runs
+from api.db.models import ApiKey, Dataset, Job, new_id, utcnow
+from api.db.session import session_scope
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture()
+def job_id(pg_url: str) -> str:
+    with session_scope(pg_url) as s:
+        key = ApiKey(id=new_id("key"), name="t", key_hash=new_id("h")[-40:], prefix="ruc_x")
+        s.add(key)
+        s.flush()
+        ds = Dataset(
+            id=new_id("ds"),
+            owner_id=key.id,
+            filename="d.npz",
+            size=1,
+            sha256="0" * 64,
+            path="datasets/x/data.npz",
+        )
+        s.add(ds)
+        s.flush()
+        job = Job(
+            id=new_id("job"), owner_id=key.id, dataset_id=ds.id, spec={"dataset_id": ds.id, "num_clusters": 2}
+        )
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def _claim(url: str, job_id: str, owner: str, lease: float = 30) -> job_runs.Claim:
+    with session_scope(url) as s:
+        return job_runs.claim_job(s, job_id, owner=owner, lease_seconds=lease)
+
+
+def _expire(url: str, job_id: str) -> None:
+    with session_scope(url) as s:
+        s.execute(
+            update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+
+
+def test_second_delivery_is_dropped_while_the_lease_is_alive(pg_url: str, job_id: str) -> None:
+    first = _claim(pg_url, job_id, "w1")
+    assert first.outcome == "claimed" and first.job is not None
+    assert first.job.status == "running" and first.job.attempts == 1 and first.job.lease_owner == "w1"
+    second = _claim(pg_url, job_id, "w2")
+    assert second.outcome == "lease_alive"
+    assert second.job is not None and second.job.lease_owner == "w1" and second.job.attempts == 1
+
+
+def test_expired_lease_is_reclaimed_and_the_old_owner_can_no_longer_write(pg_url: str, job_id: str) -> None:
+    assert _claim(pg_url, job_id, "w1").outcome == "claimed"
+    _expire(pg_url, job_id)
+    again = _claim(pg_url, job_id, "w2")
+    assert again.outcome == "claimed" and again.job is not None and again.job.attempts == 2
+    with session_scope(pg_url) as s:
+        assert not job_runs.renew_lease(s, job_id, owner="w1", lease_seconds=30)
+        assert not job_runs.update_progress(s, job_id, owner="w1", progress=0.5)
+        assert not job_runs.finish_job(s, job_id, owner="w1", status="succeeded", result={"x": 1})
+        assert job_runs.renew_lease(s, job_id, owner="w2", lease_seconds=30)
+        assert job_runs.finish_job(s, job_id, owner="w2", status="succeeded", result={"x": 2})
+    with session_scope(pg_url) as s:
+        job = job_runs.get_job(s, job_id)
+        assert (
+            job is not None and job.status == "succeeded" and job.result == {"x": 2} and job.progress == 1.0
+        )
+        assert job.lease_owner is None
+    assert _claim(pg_url, job_id, "w3").outcome == "finished"
+
+
+def test_poison_job_fails_after_max_attempts(pg_url: str, job_id: str) -> None:
+    for attempt in range(1, 4):
+        claim = _claim(pg_url, job_id, f"w{attempt}")
+        assert claim.outcome == "claimed" and claim.job is not None and claim.job.attempts == attempt
+        _expire(pg_url, job_id)
+    final = _claim(pg_url, job_id, "w4")
+    assert final.outcome == "exhausted"
+    assert final.job is not None and final.job.status == "failed"
+    assert final.job.error is not None and final.job.error.startswith("worker lost 3 times")
+    assert _claim(pg_url, job_id, "w5").outcome == "finished"
+
+
+def test_cancel_before_start_ends_the_job_without_running_it(pg_url: str, job_id: str) -> None:
+    with session_scope(pg_url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+    claim = _claim(pg_url, job_id, "w1")
+    assert claim.outcome == "cancelled"
+    with session_scope(pg_url) as s:
+        job = job_runs.get_job(s, job_id)
+        assert job is not None and job.status == "cancelled" and job.attempts == 0
+
+
+def test_expired_lease_is_released_once_across_competing_sweeps(pg_url: str, job_id: str) -> None:
+    assert _claim(pg_url, job_id, "w1").outcome == "claimed"
+    with session_scope(pg_url) as s:
+        assert job_id not in job_runs.release_expired_leases(s)
+    _expire(pg_url, job_id)
+    with session_scope(pg_url) as s:
+        first = job_runs.release_expired_leases(s)
+    with session_scope(pg_url) as s:
+        second = job_runs.release_expired_leases(s)
+    assert job_id in first and job_id not in second
+    with session_scope(pg_url) as s:
+        assert "worker lost (lease expired); job re-enqueued" in job_runs.list_event_messages(s, job_id)
+    claim = _claim(pg_url, job_id, "w2")
+    assert claim.outcome == "claimed" and claim.job is not None and claim.job.attempts == 2
+
+
+def test_epoch_metrics_are_replaced_on_a_repeated_epoch(pg_url: str, job_id: str) -> None:
+    from sqlalchemy import select
+
+    from api.db.models import JobMetric
+
+    with session_scope(pg_url) as s:
+        job_runs.put_epoch_metrics(s, job_id, 1, {"loss": 2.0})
+        job_runs.put_epoch_metrics(s, job_id, 2, {"loss": 1.5})
+    with session_scope(pg_url) as s:
+        job_runs.put_epoch_metrics(s, job_id, 2, {"loss": 1.25})
+    with session_scope(pg_url) as s:
+        rows = s.execute(
+            select(JobMetric.epoch, JobMetric.metrics)
+            .where(JobMetric.job_id == job_id)
+            .order_by(JobMetric.epoch)
+        ).all()
+    assert [(e, m["loss"]) for e, m in rows] == [(1, 2.0), (2, 1.25)]
