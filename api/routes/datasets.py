@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+
+from api.db.crud import datasets as crud
+from api.deps import OwnerDep, SessionDep, SettingsDep
+from api.problems import ProblemError, not_found
+from api.schemas.common import problem_responses, upload_request_body
+from api.schemas.datasets import DatasetPublic, DatasetsPublic
+from api.services.uploads import accept_upload
+from api.storage import DATASET_SUFFIXES, remove_dir
+
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=problem_responses(401))
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetPublic,
+    responses=problem_responses(413, 415, 422, 503),
+    openapi_extra=upload_request_body(DATASET_SUFFIXES),
+    summary="Upload a dataset (multipart field `file`), validated asynchronously",
+)
+async def upload_dataset(
+    request: Request, owner: OwnerDep, session: SessionDep, settings: SettingsDep
+) -> DatasetPublic:
+    row = await accept_upload(request, session, settings, owner, "dataset")
+    return DatasetPublic.model_validate(row)
+
+
+@router.get("", response_model=DatasetsPublic, responses=problem_responses(422))
+def list_datasets(
+    owner: OwnerDep,
+    session: SessionDep,
+    status: Literal["validating", "ready", "invalid"] | None = None,
+    after: Annotated[str | None, Query(max_length=64, description="id of the last item seen")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> DatasetsPublic:
+    rows, has_more = crud.list_datasets(session, owner, status=status, after=after, limit=limit)
+    return DatasetsPublic(
+        data=[DatasetPublic.model_validate(r) for r in rows],
+        has_more=has_more,
+        next_after=rows[-1].id if has_more and rows else None,
+    )
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=problem_responses(404))
+def get_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> DatasetPublic:
+    row = crud.get_dataset(session, owner, dataset_id)
+    if row is None:
+        raise not_found("dataset", dataset_id)
+    return DatasetPublic.model_validate(row)
+
+
+@router.delete("/{dataset_id}", status_code=204, responses=problem_responses(404, 409))
+def delete_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> Response:
+    row = crud.get_dataset(session, owner, dataset_id)
+    if row is None:
+        raise not_found("dataset", dataset_id)
+    if crud.dataset_in_use(session, dataset_id):
+        raise ProblemError(409, "jobs reference this dataset; delete them first", slug="in-use")
+    crud.delete_dataset(session, dataset_id)
+    session.commit()
+    remove_dir(settings.storage_dir, f"datasets/{dataset_id}")
+    return Response(status_code=204)

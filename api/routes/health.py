@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from api.db.crud.jobs import count_by_status
+from api.db.models import JOB_STATUSES
+from api.db.session import get_sessionmaker
+from api.problems import problem_response
+from api.settings import Settings
+
+router = APIRouter(tags=["operations"])
+
+# Readiness must answer fast even when a dependency hangs.
+PROBE_TIMEOUT_S = 2.0
+
+
+@router.get("/healthz", summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _check_db(settings: Settings) -> str | None:
+    try:
+        with get_sessionmaker(settings.database_url)() as session:
+            session.execute(text("SELECT 1"))
+        return None
+    except Exception as exc:  # any driver error means "not ready"
+        return f"database: {type(exc).__name__}: {exc}"[:300]
+
+
+def _check_broker(settings: Settings) -> str | None:
+    if settings.is_filesystem_broker:
+        for key in ("data_folder_in", "processed_folder"):
+            folder = Path(settings.broker_transport_options()[key])
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                return f"broker: folder {folder} missing or not writable"
+        return None
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        import redis
+
+        try:
+            client = redis.Redis.from_url(
+                settings.broker_url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S
+            )
+            try:
+                client.ping()
+            finally:
+                client.close()
+            return None
+        except Exception as exc:  # connection refused, timeout, auth: all "not ready"
+            return f"broker: {type(exc).__name__}: {exc}"[:300]
+    return None  # other transports: nothing cheap to probe
+
+
+@router.get("/readyz", summary="Database and broker reachable", responses={503: {"description": "Not ready"}})
+async def readyz(request: Request) -> JSONResponse:
+    settings: Settings = request.app.state.settings
+    problems = [
+        p for p in await run_in_threadpool(lambda: (_check_db(settings), _check_broker(settings))) if p
+    ]
+    if problems:
+        return problem_response(503, "; ".join(problems), slug="not-ready", extra={"checks": problems})
+    return JSONResponse({"status": "ready", "database": "ok", "broker": "ok"})
+
+
+def _job_counts(settings: Settings) -> dict[str, int] | None:
+    try:
+        with get_sessionmaker(settings.database_url)() as session:
+            return count_by_status(session)
+    except Exception:  # /metrics must render even while the DB is down
+        return None
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+async def metrics(request: Request) -> PlainTextResponse:
+    settings: Settings = request.app.state.settings
+    lines = list(request.app.state.request_metrics.render())
+    counts = await run_in_threadpool(_job_counts, settings)
+    lines.append("# HELP ruc_jobs Jobs by status (all owners).")
+    lines.append("# TYPE ruc_jobs gauge")
+    if counts is not None:
+        for status in JOB_STATUSES:
+            lines.append(f'ruc_jobs{{status="{status}"}} {counts.get(status, 0)}')
+    lines.append("# HELP ruc_database_up 1 when the job count query succeeded.")
+    lines.append("# TYPE ruc_database_up gauge")
+    lines.append(f"ruc_database_up {0 if counts is None else 1}")
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

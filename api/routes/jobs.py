@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi.responses import FileResponse
+
+from api.db.crud import jobs as crud
+from api.db.models import Job
+from api.deps import OwnerDep, SessionDep, SettingsDep
+from api.problems import ProblemError, not_found
+from api.schemas.common import problem_responses
+from api.schemas.jobs import (
+    JOB_CREATE_EXAMPLES,
+    ArtifactPublic,
+    ArtifactsPublic,
+    EpochMetricsPublic,
+    EventPublic,
+    EventsPublic,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    JobStatus,
+    MetricsPublic,
+    ResultPublic,
+)
+from api.services import jobs as service
+from api.storage import ARTIFACT_NAME, resolve_inside
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=problem_responses(401))
+
+# A job spec is a few KB; anything near this is not a spec and is refused before it is parsed.
+MAX_SPEC_BYTES = 256 * 1024
+
+
+def _limit_body(request: Request) -> None:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_SPEC_BYTES:
+        raise ProblemError(413, f"request body over {MAX_SPEC_BYTES} bytes", slug="payload-too-large")
+
+
+def _owned_job(session: SessionDep, owner: str, job_id: str) -> Job:
+    job = crud.get_job(session, owner, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    dependencies=[Depends(_limit_body)],
+    responses={
+        **problem_responses(404, 409, 413, 422, 503),
+        202: {"description": "Queued (or the original job, for a replayed Idempotency-Key)"},
+    },
+    summary="Submit a refinement job",
+)
+def create_job(
+    response: Response,
+    owner: OwnerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    spec: Annotated[JobCreate, Body(openapi_examples=JOB_CREATE_EXAMPLES)],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Same key + same body returns the same job; same key + another body is a 422",
+        ),
+    ] = None,
+) -> JobPublic:
+    sub = service.submit_job(session, settings, owner, spec, idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{sub.job.id}"
+    if sub.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobPublic.model_validate(sub.job)
+
+
+@router.get("", response_model=JobsPublic, responses=problem_responses(422))
+def list_jobs(
+    owner: OwnerDep,
+    session: SessionDep,
+    status: JobStatus | None = None,
+    after: Annotated[str | None, Query(max_length=64, description="id of the last job seen")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobsPublic:
+    rows, has_more = crud.list_jobs(session, owner, status=status, after=after, limit=limit)
+    return JobsPublic(
+        data=[JobPublic.model_validate(r) for r in rows],
+        has_more=has_more,
+        next_after=rows[-1].id if has_more and rows else None,
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=problem_responses(404))
+def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobPublic:
+    return JobPublic.model_validate(_owned_job(session, owner, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=problem_responses(404, 409))
+def cancel_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobPublic:
+    """queued: cancelled at once; running: `cancel_requested`, the worker stops within an epoch."""
+    return JobPublic.model_validate(service.cancel_job(session, owner, job_id))
+
+
+@router.delete("/{job_id}", status_code=204, responses=problem_responses(404, 409))
+def delete_job(job_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> Response:
+    service.delete_job(session, settings, owner, job_id)
+    return Response(status_code=204)
+
+
+@router.get("/{job_id}/events", response_model=EventsPublic, responses=problem_responses(404, 422))
+def list_events(
+    job_id: str,
+    owner: OwnerDep,
+    session: SessionDep,
+    after: Annotated[int | None, Query(ge=0, description="id of the last event seen")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> EventsPublic:
+    _owned_job(session, owner, job_id)
+    rows, has_more = crud.list_events(session, job_id, after=after, limit=limit)
+    return EventsPublic(
+        data=[EventPublic.model_validate(r) for r in rows],
+        has_more=has_more,
+        next_after=rows[-1].id if rows else after,
+    )
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=problem_responses(404))
+def get_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> MetricsPublic:
+    _owned_job(session, owner, job_id)
+    rows = crud.list_metrics(session, job_id)
+    names = sorted(
+        {
+            k
+            for r in rows
+            for k, v in r.metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+    )
+    series: dict[str, list[float | None]] = {
+        n: [float(r.metrics[n]) if isinstance(r.metrics.get(n), int | float) else None for r in rows]
+        for n in names
+    }
+    return MetricsPublic(
+        job_id=job_id,
+        epochs=[r.epoch for r in rows],
+        series=series,
+        data=[EpochMetricsPublic.model_validate(r) for r in rows],
+    )
+
+
+@router.get("/{job_id}/result", response_model=ResultPublic, responses=problem_responses(404, 409))
+def get_result(job_id: str, owner: OwnerDep, session: SessionDep) -> ResultPublic:
+    job = _owned_job(session, owner, job_id)
+    if job.status != "succeeded" or job.result is None:
+        raise ProblemError(
+            409, f"job is {job.status}; the result exists once it has succeeded", slug="not-finished"
+        )
+    return ResultPublic(job_id=job_id, result=job.result)
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=problem_responses(404))
+def list_artifacts(job_id: str, owner: OwnerDep, session: SessionDep) -> ArtifactsPublic:
+    _owned_job(session, owner, job_id)
+    return ArtifactsPublic(
+        data=[
+            ArtifactPublic(
+                name=a.name,
+                size=a.size,
+                sha256=a.sha256,
+                media_type=a.media_type,
+                url=f"/v1/jobs/{job_id}/artifacts/{a.name}",
+                created_at=a.created_at,
+            )
+            for a in crud.list_artifacts(session, job_id)
+        ]
+    )
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    response_class=FileResponse,
+    responses={**problem_responses(404), 200: {"content": {"application/octet-stream": {}}}},
+)
+def download_artifact(
+    job_id: str, name: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep
+) -> FileResponse:
+    _owned_job(session, owner, job_id)
+    row = crud.get_artifact(session, job_id, name) if ARTIFACT_NAME.fullmatch(name) else None
+    path = resolve_inside(settings.storage_dir, row.path) if row is not None else None
+    if row is None or path is None or not path.is_file():
+        raise not_found("artifact", name)
+    return FileResponse(path, media_type=row.media_type, filename=row.name)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from api.schemas.common import PublicModel
+
+
+class CheckpointPublic(PublicModel):
+    object: Literal["checkpoint"] = "checkpoint"
+    id: str = Field(examples=["ck_01jd5x3k2m8q9r7t6v5w4x3y2z"])
+    filename: str
+    size: int
+    sha256: str
+    status: Literal["validating", "ready", "invalid"]
+    reason: str | None = None
+    kind: Literal["clustering", "embedding"] | None = Field(default=None, description="filled by validation")
+    info: dict[str, Any] | None = Field(
+        default=None, description="backbone, num_clusters, nheads, head, in_channels, features_dim"
+    )
+    created_at: datetime
+    updated_at: datetime
+
+
+class CheckpointsPublic(PublicModel):
+    object: Literal["list"] = "list"
+    data: list[CheckpointPublic]
+    has_more: bool
+    next_after: str | None = None

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PublicModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class FieldProblemPublic(BaseModel):
+    field: str = Field(examples=["refine.lr"])
+    problem: str = Field(examples=["Input should be less than or equal to 10"])
+
+
+class Problem(BaseModel):
+    """RFC 7807 problem details (media type application/problem+json)."""
+
+    type: str = Field(examples=["/problems/validation-error"])
+    title: str = Field(examples=["Invalid request"])
+    status: int = Field(examples=[422])
+    detail: str = Field(examples=["refine.lr: Input should be less than or equal to 10"])
+    errors: list[FieldProblemPublic] | None = None
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the listed error statuses, all problem+json."""
+    descriptions = {
+        401: "Missing, unknown or revoked API key",
+        404: "No such resource for this key",
+        409: "The resource is in a state that forbids this",
+        413: "Upload over the size limit",
+        415: "Unsupported file type or content type",
+        422: "Invalid input; `errors` names each field",
+        503: "Database or broker unavailable",
+    }
+    return {
+        s: {
+            "model": Problem,
+            "description": descriptions.get(s, "Error"),
+            "content": {"application/problem+json": {}},
+        }
+        for s in statuses
+    }
+
+
+def upload_request_body(suffixes: tuple[str, ...]) -> dict[str, Any]:
+    """OpenAPI requestBody of a streamed multipart upload (the route reads the stream itself)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {
+                                "type": "string",
+                                "format": "binary",
+                                "description": f"allowed suffixes: {', '.join(suffixes)}",
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    }

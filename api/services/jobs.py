@@ -1,0 +1,174 @@
+"""Job submission: spec checks against the owner's datasets and checkpoints, idempotency, enqueue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.db.crud import checkpoints as ck_crud
+from api.db.crud import datasets as ds_crud
+from api.db.crud import jobs as jobs_crud
+from api.db.models import FINISHED_STATUSES, Job, new_id, utcnow
+from api.problems import FieldProblem, ProblemError, field_error
+from api.queue import GPU_QUEUE, RUN_JOB, EnqueueError, enqueue
+from api.settings import Settings
+from api.storage import remove_dir, resolve_inside
+from core.spec import JobSpec
+
+log = logging.getLogger("api.services.jobs")
+IDEMPOTENCY_FIELD = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY_LEN = 255
+
+
+def request_hash(spec_json: dict) -> str:
+    """sha256 of the canonical spec: defaults filled in, keys sorted, so equal requests hash equal."""
+    return hashlib.sha256(json.dumps(spec_json, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> None:
+    """4xx naming the field for every reference the job could not run with."""
+    dataset = ds_crud.get_dataset(session, owner_id, spec.dataset_id)
+    if dataset is None:
+        raise field_error(422, "dataset_id", f"no dataset {spec.dataset_id!r}", slug="unknown-reference")
+    if dataset.status != "ready":
+        why = f" ({dataset.reason})" if dataset.reason else ""
+        raise field_error(
+            409, "dataset_id", f"dataset is {dataset.status}{why}; wait until it is ready", slug="not-ready"
+        )
+    facts = dataset.facts or {}
+    count = facts.get("count")
+    if isinstance(count, int) and spec.num_clusters > count:
+        raise field_error(422, "num_clusters", f"{spec.num_clusters} clusters for {count} images")
+    if spec.base.method == "labels" and not facts.get("has_assignments"):
+        raise field_error(
+            422, "base.method", "'labels' needs a dataset with uploaded 'assignments' or 'assignment_probs'"
+        )
+    wanted = (
+        ("base.embedding_checkpoint_id", spec.base.embedding_checkpoint_id, "embedding"),
+        ("base.clustering_checkpoint_id", spec.base.clustering_checkpoint_id, "clustering"),
+    )
+    for field, ck_id, kind in wanted:
+        if ck_id is None:
+            continue
+        ck = ck_crud.get_checkpoint(session, owner_id, ck_id)
+        if ck is None:
+            raise field_error(422, field, f"no checkpoint {ck_id!r}", slug="unknown-reference")
+        if ck.status != "ready":
+            why = f" ({ck.reason})" if ck.reason else ""
+            raise field_error(409, field, f"checkpoint is {ck.status}{why}", slug="not-ready")
+        if ck.kind != kind:
+            raise field_error(422, field, f"checkpoint is a {ck.kind} model, a {kind} model is needed")
+        info_k = (ck.info or {}).get("num_clusters")
+        if kind == "clustering" and isinstance(info_k, int) and info_k != spec.num_clusters:
+            raise ProblemError(
+                422,
+                f"num_clusters {spec.num_clusters} differs from the checkpoint's {info_k}",
+                slug="validation-error",
+                errors=[FieldProblem("num_clusters", f"the clustering checkpoint has {info_k} clusters")],
+            )
+
+
+@dataclass
+class Submission:
+    job: Job
+    replayed: bool
+
+
+def _replay(existing: Job, digest: str) -> Submission:
+    if existing.request_hash != digest:
+        raise field_error(
+            422,
+            IDEMPOTENCY_FIELD,
+            "this key was already used with a different request body",
+            slug="idempotency-key-reused",
+        )
+    return Submission(existing, replayed=True)
+
+
+def submit_job(
+    session: Session, settings: Settings, owner_id: str, spec: JobSpec, idempotency_key: str | None
+) -> Submission:
+    """Validate, insert and enqueue a job; an Idempotency-Key replay returns the original job.
+
+    The (owner_id, idempotency_key) unique constraint settles races: the loser of a concurrent insert
+    rolls back and answers with the winner's job.
+    """
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LEN:
+        raise field_error(422, IDEMPOTENCY_FIELD, f"must be 1..{MAX_IDEMPOTENCY_KEY_LEN} characters")
+    spec_json = spec.model_dump(mode="json")
+    digest = request_hash(spec_json)
+    if idempotency_key is not None:
+        existing = jobs_crud.get_job_by_idempotency_key(session, owner_id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest)
+    _check_inputs(session, owner_id, spec)
+    job_id = new_id("job")
+    try:
+        job = jobs_crud.create_job(
+            session,
+            job_id=job_id,
+            owner_id=owner_id,
+            dataset_id=spec.dataset_id,
+            spec=spec_json,
+            total_epochs=spec.refine.epochs,
+            max_attempts=settings.max_attempts,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+        )
+        jobs_crud.add_event(session, job_id, "info", "job queued")
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = (
+            jobs_crud.get_job_by_idempotency_key(session, owner_id, idempotency_key)
+            if idempotency_key is not None
+            else None
+        )
+        if existing is None:
+            raise
+        return _replay(existing, digest)
+    try:
+        enqueue(settings, RUN_JOB, [job_id], queue=GPU_QUEUE)
+    except EnqueueError as exc:
+        job.status, job.error, job.finished_at = "failed", f"could not enqueue: {exc}", utcnow()
+        session.commit()
+        raise ProblemError(503, f"the task broker is unavailable; job {job_id} marked failed") from exc
+    return Submission(job, replayed=False)
+
+
+def cancel_job(session: Session, owner_id: str, job_id: str) -> Job:
+    job = jobs_crud.get_job(session, owner_id, job_id)
+    if job is None:
+        raise ProblemError(404, f"job {job_id!r} not found", slug="not-found")
+    if jobs_crud.cancel_queued(session, job_id):
+        jobs_crud.add_event(session, job_id, "info", "cancelled before it started")
+    elif jobs_crud.request_cancel(session, job_id):
+        jobs_crud.add_event(session, job_id, "info", "cancel requested; the worker stops within an epoch")
+    else:
+        session.refresh(job)
+        if job.status in FINISHED_STATUSES:
+            raise ProblemError(409, f"job is already {job.status}", slug="job-finished")
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def delete_job(session: Session, settings: Settings, owner_id: str, job_id: str) -> None:
+    job = jobs_crud.get_job(session, owner_id, job_id)
+    if job is None:
+        raise ProblemError(404, f"job {job_id!r} not found", slug="not-found")
+    artifact_paths = [a.path for a in jobs_crud.list_artifacts(session, job_id)]
+    if not jobs_crud.delete_job_unless_running(session, job_id):
+        raise ProblemError(409, "job is running; cancel it first", slug="job-running")
+    session.commit()
+    # Files after the commit: a failed commit must not leave a row whose files are gone.
+    for rel in artifact_paths:
+        path = resolve_inside(settings.storage_dir, rel)
+        if path is not None and path.is_file():
+            path.unlink(missing_ok=True)
+    remove_dir(settings.storage_dir, f"jobs/{job_id}")

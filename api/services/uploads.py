@@ -1,0 +1,95 @@
+"""Upload flow shared by datasets and checkpoints: stream to storage, insert the row, commit, enqueue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Literal, TypeVar
+
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from api.db.crud.checkpoints import create_checkpoint
+from api.db.crud.datasets import create_dataset
+from api.db.models import Checkpoint, Dataset, new_id
+from api.problems import ProblemError
+from api.queue import CPU_QUEUE, VALIDATE_CHECKPOINT, VALIDATE_DATASET, EnqueueError, enqueue
+from api.settings import Settings
+from api.storage import CHECKPOINT_SUFFIXES, DATASET_SUFFIXES, remove_dir
+from api.uploads import StoredUpload, receive_upload
+
+log = logging.getLogger("api.services.uploads")
+Row = TypeVar("Row", Dataset, Checkpoint)
+
+_KINDS: dict[str, tuple[str, str, str, tuple[str, ...], str]] = {
+    # kind: (id prefix, storage folder, file stem, allowed suffixes, validation task)
+    "dataset": ("ds", "datasets", "data", DATASET_SUFFIXES, VALIDATE_DATASET),
+    "checkpoint": ("ck", "checkpoints", "model", CHECKPOINT_SUFFIXES, VALIDATE_CHECKPOINT),
+}
+
+
+def _insert_commit(session: Session, insert: Callable[[], Row]) -> Row:
+    try:
+        row = insert()
+        session.commit()
+        return row
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def _undo(session: Session, row: Dataset | Checkpoint) -> None:
+    session.delete(row)
+    session.commit()
+
+
+async def accept_upload(
+    request: Request,
+    session: Session,
+    settings: Settings,
+    owner_id: str,
+    kind: Literal["dataset", "checkpoint"],
+) -> Dataset | Checkpoint:
+    """Store the upload, insert its ``validating`` row, commit, then enqueue its validation task.
+
+    When the broker refuses the message the row and file are removed and the client gets a 503,
+    so no upload sits in ``validating`` forever.
+    """
+    prefix, folder, stem, suffixes, task = _KINDS[kind]
+    row_id = new_id(prefix)
+    relative_dir = f"{folder}/{row_id}"
+    stored: StoredUpload = await receive_upload(
+        request,
+        storage_dir=settings.storage_dir,
+        relative_dir=relative_dir,
+        stem=stem,
+        allowed=suffixes,
+        max_bytes=settings.max_upload_bytes,
+        chunk_bytes=settings.upload_chunk_bytes,
+    )
+    common = {
+        "owner_id": owner_id,
+        "filename": stored.filename,
+        "size": stored.size,
+        "sha256": stored.sha256,
+        "path": stored.relative_path,
+    }
+
+    def insert() -> Dataset | Checkpoint:
+        if kind == "dataset":
+            return create_dataset(session, dataset_id=row_id, **common)
+        return create_checkpoint(session, checkpoint_id=row_id, **common)
+
+    try:
+        row = await run_in_threadpool(_insert_commit, session, insert)
+    except BaseException:
+        remove_dir(settings.storage_dir, relative_dir)
+        raise
+    try:
+        await run_in_threadpool(enqueue, settings, task, [row_id], queue=CPU_QUEUE)
+    except EnqueueError as exc:
+        await run_in_threadpool(_undo, session, row)
+        remove_dir(settings.storage_dir, relative_dir)
+        raise ProblemError(503, f"the task broker is unavailable; upload not kept ({exc})") from exc
+    return row

@@ -1,0 +1,210 @@
+"""Streaming multipart upload straight to storage.
+
+The request body is parsed as it arrives (python-multipart's push parser over ``request.stream()``), so
+it is never held whole in memory nor spooled to a temporary file: the ``file`` part goes to its final
+place in ``upload_chunk_bytes`` writes, hashed on the way, and the upload is aborted (413, partial file
+deleted) the moment it passes ``max_upload_bytes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from api.problems import FieldProblem, ProblemError, field_error
+from api.storage import matched_suffix, remove_dir, sanitize_filename
+
+# Multipart framing and small extra fields on top of the file itself.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+FILE_FIELD = "file"
+
+
+@dataclass
+class StoredUpload:
+    filename: str  # sanitised client name, display only
+    relative_path: str  # relative to storage_dir
+    size: int
+    sha256: str
+
+
+def _too_large(limit: int) -> ProblemError:
+    return ProblemError(
+        413,
+        f"file: larger than the limit of {limit} bytes",
+        slug="payload-too-large",
+        errors=[FieldProblem(FILE_FIELD, f"larger than the limit of {limit} bytes")],
+    )
+
+
+@dataclass
+class _State:
+    """Parser callbacks run synchronously inside ``parser.write``; they only collect bytes here."""
+
+    header_field: bytearray = field(default_factory=bytearray)
+    header_value: bytearray = field(default_factory=bytearray)
+    headers: dict[str, bytes] = field(default_factory=dict)
+    in_file: bool = False
+    file_seen: bool = False
+    file_done: bool = False
+    filename: str = ""
+    suffix: str = ""
+    pending: bytearray = field(default_factory=bytearray)
+    size: int = 0
+    max_bytes: int = 0
+    allowed: tuple[str, ...] = ()
+
+    def on_part_begin(self) -> None:
+        self.headers = {}
+        self.in_file = False
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.header_field.decode("latin-1").strip().lower()] = bytes(self.header_value)
+        self.header_field.clear()
+        self.header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self.headers.get("content-disposition", b""))
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        if name != FILE_FIELD:
+            return
+        if self.file_seen:
+            raise field_error(422, FILE_FIELD, "send exactly one 'file' part")
+        raw = params.get(b"filename")
+        if raw is None:
+            raise field_error(422, FILE_FIELD, "the 'file' part must be a file (with a filename)")
+        self.filename = sanitize_filename(raw.decode("utf-8", "replace"))
+        suffix = matched_suffix(self.filename, self.allowed)
+        if suffix is None:
+            raise field_error(
+                415,
+                FILE_FIELD,
+                f"unsupported file type {self.filename!r}; allowed: {', '.join(self.allowed)}",
+                slug="unsupported-media-type",
+            )
+        self.suffix = suffix
+        self.in_file = self.file_seen = True
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self.in_file:
+            return
+        self.size += end - start
+        if self.size > self.max_bytes:
+            raise _too_large(self.max_bytes)
+        self.pending += data[start:end]
+
+    def on_part_end(self) -> None:
+        if self.in_file:
+            self.file_done = True
+        self.in_file = False
+
+
+def _append(fh: io.BufferedWriter, hasher: hashlib._Hash, chunk: bytes) -> None:
+    hasher.update(chunk)
+    fh.write(chunk)
+
+
+async def receive_upload(
+    request: Request,
+    *,
+    storage_dir: Path,
+    relative_dir: str,
+    stem: str,
+    allowed: tuple[str, ...],
+    max_bytes: int,
+    chunk_bytes: int,
+) -> StoredUpload:
+    """Stream the multipart ``file`` part of ``request`` to ``storage_dir/relative_dir/<stem><suffix>``.
+
+    Raises ProblemError: 415 (not multipart, or a suffix outside ``allowed``), 413 (over ``max_bytes``),
+    422 (no/empty/duplicate ``file`` part, malformed body). Nothing is left on disk after an error.
+    """
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if ctype != b"multipart/form-data" or not boundary:
+        raise field_error(
+            415,
+            FILE_FIELD,
+            "send multipart/form-data with the upload in a 'file' part",
+            slug="unsupported-media-type",
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD_BYTES:
+        raise _too_large(max_bytes)
+
+    state = _State(max_bytes=max_bytes, allowed=allowed)
+    parser = MultipartParser(
+        boundary,
+        callbacks={
+            "on_part_begin": state.on_part_begin,
+            "on_part_data": state.on_part_data,
+            "on_part_end": state.on_part_end,
+            "on_header_field": state.on_header_field,
+            "on_header_value": state.on_header_value,
+            "on_header_end": state.on_header_end,
+            "on_headers_finished": state.on_headers_finished,
+        },
+    )
+    hasher = hashlib.sha256()
+    fh: io.BufferedWriter | None = None
+    target_dir = storage_dir / relative_dir
+    body_bytes = 0
+    try:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            # Counted here too: a body without Content-Length (chunked) must not be unbounded either.
+            body_bytes += len(chunk)
+            if body_bytes > max_bytes + MULTIPART_OVERHEAD_BYTES:
+                raise _too_large(max_bytes)
+            try:
+                parser.write(chunk)
+            except ProblemError:
+                raise
+            except ValueError as exc:  # python-multipart's parse errors are ValueErrors
+                raise field_error(422, FILE_FIELD, f"malformed multipart body: {exc}") from exc
+            if state.pending and (len(state.pending) >= chunk_bytes or state.file_done):
+                if fh is None:
+                    target_dir.mkdir(parents=True, exist_ok=True)
+                    fh = open(target_dir / f"{stem}{state.suffix}", "wb")  # noqa: SIM115 (closed in finally)
+                data, state.pending = bytes(state.pending), bytearray()
+                await run_in_threadpool(_append, fh, hasher, data)
+        try:
+            parser.finalize()
+        except ValueError as exc:
+            raise field_error(422, FILE_FIELD, f"malformed multipart body: {exc}") from exc
+        if not state.file_seen:
+            raise field_error(422, FILE_FIELD, "missing the 'file' part")
+        if not state.file_done:
+            raise field_error(422, FILE_FIELD, "the multipart body ended inside the 'file' part")
+        if state.size == 0:
+            raise field_error(422, FILE_FIELD, "the file is empty")
+        if fh is None:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            fh = open(target_dir / f"{stem}{state.suffix}", "wb")  # noqa: SIM115 (closed in finally)
+        if state.pending:
+            data, state.pending = bytes(state.pending), bytearray()
+            await run_in_threadpool(_append, fh, hasher, data)
+        await run_in_threadpool(fh.close)
+    except BaseException:
+        if fh is not None:
+            fh.close()
+        remove_dir(storage_dir, relative_dir)
+        raise
+    return StoredUpload(
+        filename=state.filename,
+        relative_path=f"{relative_dir}/{stem}{state.suffix}",
+        size=state.size,
+        sha256=hasher.hexdigest(),
+    )
