@@ -44,7 +44,11 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     """Filesystem broker: its folders (created here); Redis: the visibility timeout (module doc)."""
     if settings.is_filesystem_broker:
         settings.ensure_dirs()
-        return settings.broker_transport_options()
+        # The exchange tables (and the remote-control fanout) live in `control_folder`, which kombu
+        # otherwise creates relative to the working directory.
+        control = settings.broker_dir / "control"
+        control.mkdir(parents=True, exist_ok=True)
+        return {"control_folder": str(control), **settings.broker_transport_options()}
     return {"visibility_timeout": VISIBILITY_TIMEOUT_S}
 
 
