@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 
 from api.db.crud import datasets as crud
+from api.db.models import ID_PATTERN
 from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.problems import ProblemError, not_found
 from api.schemas.common import problem_responses, upload_request_body
@@ -35,7 +36,7 @@ def list_datasets(
     owner: OwnerDep,
     session: SessionDep,
     status: Literal["validating", "ready", "invalid"] | None = None,
-    after: Annotated[str | None, Query(max_length=64, description="id of the last item seen")] = None,
+    after: Annotated[str | None, Query(pattern=ID_PATTERN, description="id of the last item seen")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> DatasetsPublic:
     rows, has_more = crud.list_datasets(session, owner, status=status, after=after, limit=limit)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from api.db.crud import jobs as crud
-from api.db.models import Job
+from api.db.models import ID_PATTERN, Job
 from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.problems import ProblemError, not_found
 from api.schemas.common import problem_responses
@@ -83,7 +83,7 @@ def list_jobs(
     owner: OwnerDep,
     session: SessionDep,
     status: JobStatus | None = None,
-    after: Annotated[str | None, Query(max_length=64, description="id of the last job seen")] = None,
+    after: Annotated[str | None, Query(pattern=ID_PATTERN, description="id of the last job seen")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobsPublic:
     rows, has_more = crud.list_jobs(session, owner, status=status, after=after, limit=limit)

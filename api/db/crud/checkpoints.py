@@ -8,7 +8,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from api.db.crud.pagination import page_desc
-from api.db.models import Checkpoint, Job, utcnow
+from api.db.models import Checkpoint, Job, is_valid_id, utcnow
 
 
 def create_checkpoint(
@@ -32,6 +32,8 @@ def create_checkpoint(
 
 
 def get_checkpoint(session: Session, owner_id: str, checkpoint_id: str) -> Checkpoint | None:
+    if not is_valid_id(checkpoint_id):
+        return None
     return session.scalar(
         select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.owner_id == owner_id)
     )

@@ -8,7 +8,7 @@ from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
 from api.db.crud.pagination import page_desc
-from api.db.models import Dataset, Job, utcnow
+from api.db.models import Dataset, Job, is_valid_id, utcnow
 
 
 def create_dataset(
@@ -32,6 +32,8 @@ def create_dataset(
 
 
 def get_dataset(session: Session, owner_id: str, dataset_id: str) -> Dataset | None:
+    if not is_valid_id(dataset_id):
+        return None
     return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner_id == owner_id))
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from api.db.crud.pagination import page_asc, page_desc
-from api.db.models import Artifact, Job, JobEvent, JobMetric, utcnow
+from api.db.models import Artifact, Job, JobEvent, JobMetric, is_valid_id, utcnow
 
 
 def create_job(
@@ -51,6 +51,8 @@ def create_job(
 
 
 def get_job(session: Session, owner_id: str, job_id: str) -> Job | None:
+    if not is_valid_id(job_id):
+        return None
     return session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner_id))
 
 

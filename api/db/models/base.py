@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from datetime import UTC, datetime
@@ -52,6 +53,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Every id the service issues matches this; anything else (NUL bytes, slashes, huge strings) is
+# answered as "not found" before it reaches a query.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(_ID_RE.fullmatch(value))
 
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
