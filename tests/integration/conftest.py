@@ -1,51 +1,22 @@
-"""Real components for the integration suite: a fresh Postgres database per session (migrated once),
-a private Redis database number, and helpers that run the API and Celery workers as subprocesses
-in their own process groups (so a test can SIGKILL a whole worker, pool included)."""
+"""Fixtures of the integration suite: a fresh Postgres database per session (migrated once), a private
+Redis database number, and the API plus a gpu and a cpu Celery worker as subprocesses."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import httpx
-import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-PG_ADMIN_URL = os.environ.get("RUC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_HOST = os.environ.get("RUC_TEST_REDIS", "redis://127.0.0.1:6379")
-# Short leases make worker loss visible within seconds instead of a minute.
-TEST_LEASE_SECONDS = 5
-TEST_HEARTBEAT_SECONDS = 1
-
-
-def _pg_available() -> bool:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
-            return True
-    except Exception:
-        return False
-
-
-def _redis_available() -> bool:
-    try:
-        import redis
-
-        return bool(redis.Redis.from_url(REDIS_HOST + "/0", socket_timeout=3).ping())
-    except Exception:
-        return False
+from integration_support import (
+    PG_ADMIN_URL,
+    REDIS_HOST,
+    Services,
+    _pg_available,
+    _redis_available,
+    create_key,
+    service_env,
+)
 
 
 @pytest.fixture(scope="session")
@@ -86,132 +57,6 @@ def redis_url() -> Iterator[str]:
     client.flushdb()
 
 
-def service_env(data_dir: Path, database_url: str, broker_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUC_")}
-    env.update(
-        {
-            "RUC_DATA_DIR": str(data_dir),
-            "RUC_DATABASE_URL": database_url,
-            "RUC_BROKER_URL": broker_url,
-            "RUC_LEASE_SECONDS": str(TEST_LEASE_SECONDS),
-            "RUC_HEARTBEAT_SECONDS": str(TEST_HEARTBEAT_SECONDS),
-            "RUC_WEBHOOK_SECRET": "test-secret",
-            "PYTHONUNBUFFERED": "1",
-            # 2 cores are shared by the API, two workers and pytest: one intra-op thread each.
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-        }
-    )
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Proc:
-    """A subprocess in its own process group, its output in a log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill_group(self, sig: int = signal.SIGKILL) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, sig)
-
-    def stop(self, grace: float = 10.0) -> None:
-        self.kill_group(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=grace)
-        self.kill_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=5)
-
-
-def spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Proc:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
-    out = open(log_path, "wb")  # noqa: SIM115 - handed to the child; closed with the process
-    popen = subprocess.Popen(
-        argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    out.close()
-    return Proc(name, popen, log_path)
-
-
-CLI = [sys.executable, "-m", "cli.main"]
-
-
-def free_port() -> int:
-    from cli.stack import free_port as fp
-
-    return fp()
-
-
-def wait_http_ok(url: str, timeout: float, proc: Proc | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and not proc.alive():
-            raise RuntimeError(f"{proc.name} died:\n{proc.log()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not OK after {timeout} s" + (f"\n{proc.log()[-4000:]}" if proc else ""))
-
-
-@dataclass
-class Services:
-    """API + gpu worker + cpu worker on Postgres + Redis, plus an API key."""
-
-    env: dict[str, str]
-    data_dir: Path
-    log_dir: Path
-    database_url: str
-    base_url: str = ""
-    api: Proc | None = None
-    workers: dict[str, Proc] = field(default_factory=dict)
-    key: str = ""
-
-    def start_api(self) -> None:
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.api = spawn("api", [*CLI, "api", "--port", str(port)], self.env, self.log_dir)
-        wait_http_ok(f"{self.base_url}/healthz", 60, self.api)
-
-    def start_worker(self, queue: str) -> Proc:
-        name = f"{queue}-{uuid.uuid4().hex[:6]}@%h"
-        proc = spawn(
-            f"worker-{queue}", [*CLI, "worker", "-Q", queue, "-c", "1", "-n", name], self.env, self.log_dir
-        )
-        self.workers[queue] = proc
-        return proc
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30
-        )
-
-    def stop(self) -> None:
-        for proc in [*self.workers.values(), *([self.api] if self.api else [])]:
-            proc.stop()
-
-
-def create_key(database_url: str, name: str = "integration") -> str:
-    from api.db.crud import api_keys
-    from api.db.session import session_scope
-
-    with session_scope(database_url) as s:
-        return api_keys.create_key(s, name)[1]
-
-
 @pytest.fixture(scope="session")
 def services(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     data_dir = tmp_path_factory.mktemp("ruc-data")
@@ -229,32 +74,3 @@ def services(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFacto
         yield svc
     finally:
         svc.stop()
-
-
-def digits_npz(*, with_labels: bool = True, n: int | None = None) -> bytes:
-    """scikit-learn's 8x8 digits as the service's npz format: images uint8 (N, 8, 8, 1), labels int64."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    images = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[..., None]
-    labels = d.target.astype(np.int64)
-    if n is not None:
-        images, labels = images[:n], labels[:n]
-    buf = io.BytesIO()
-    arrays: dict[str, Any] = {"images": images}
-    if with_labels:
-        arrays["labels"] = labels
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
-    """Poll ``predicate()`` until it returns a truthy value; returns that value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")

@@ -1,0 +1,225 @@
+"""The service end to end on real components: uvicorn + Celery workers (subprocesses) on Postgres + Redis,
+driven over HTTP. Jobs run scikit-learn's digits with tiny epoch counts so the suite stays short."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from integration_support import Services, digits_npz, wait_for
+
+pytestmark = pytest.mark.service
+
+
+def small_spec(dataset_id: str, *, epochs: int, batch_size: int = 128) -> dict[str, Any]:
+    """A digits job of a few seconds per stage on one CPU core."""
+    return {
+        "dataset_id": dataset_id,
+        "num_clusters": 10,
+        "seed": 0,
+        "base": {
+            "method": "kmeans",
+            "backbone": "small_cnn",
+            "fit_epochs": 2,
+            "kmeans_restarts": 1,
+            "pca_dim": 20,
+        },
+        "refine": {
+            "strategy": "confidence",
+            "confidence_threshold": 0.9,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": 0.05,
+            "lambda_u_rampup_epochs": max(epochs, 1),
+        },
+        "evaluate": {
+            "attacks": [{"kind": "fgsm", "eps": [8 / 255]}, {"kind": "bim", "eps": [8 / 255], "steps": 2}],
+            "attack_max_samples": 64,
+        },
+    }
+
+
+def upload(client: httpx.Client, route: str, name: str, content: bytes) -> dict[str, Any]:
+    resp = client.post(route, files={"file": (name, content, "application/octet-stream")})
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def wait_upload(client: httpx.Client, route: str, row: dict[str, Any], timeout: float = 90) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        cur = client.get(f"{route}/{row['id']}").json()
+        return cur if cur["status"] != "validating" else None
+
+    return wait_for(done, timeout, 0.3, f"validation of {row['id']}")
+
+
+def get_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    resp = client.get(f"/v1/jobs/{job_id}")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def events(client: httpx.Client, job_id: str) -> list[str]:
+    out: list[str] = []
+    after: int | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 100}
+        if after is not None:
+            params["after"] = after
+        page = client.get(f"/v1/jobs/{job_id}/events", params=params).json()
+        out += [e["message"] for e in page["data"]]
+        if not page["has_more"]:
+            return out
+        after = page["next_after"]
+
+
+@pytest.fixture(scope="module")
+def client(services: Services) -> httpx.Client:
+    with services.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def digits_id(client: httpx.Client) -> str:
+    row = wait_upload(client, "/v1/datasets", upload(client, "/v1/datasets", "digits.npz", digits_npz()))
+    assert row["status"] == "ready", row
+    assert row["facts"]["count"] == 1797 and row["facts"]["height"] == 8 and row["facts"]["channels"] == 1
+    assert row["facts"]["has_labels"] is True and row["facts"]["label_count"] == 10
+    return str(row["id"])
+
+
+def test_bad_uploads_become_invalid_with_a_reason(client: httpx.Client, tmp_path: Path) -> None:
+    not_npz = wait_upload(
+        client, "/v1/datasets", upload(client, "/v1/datasets", "junk.npz", b"not a zip" * 100)
+    )
+    assert not_npz["status"] == "invalid" and not_npz["reason"], not_npz
+
+    buf = io.BytesIO()
+    np.savez(buf, pixels=np.zeros((4, 8, 8, 1), np.uint8))
+    no_images = wait_upload(
+        client, "/v1/datasets", upload(client, "/v1/datasets", "noimg.npz", buf.getvalue())
+    )
+    assert no_images["status"] == "invalid" and "images" in no_images["reason"], no_images
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            import os
+
+            return os.system, (f"touch {marker}",)
+
+    payload = pickle.dumps({"state_dict": Exploit()}, protocol=2)
+    ck = wait_upload(client, "/v1/checkpoints", upload(client, "/v1/checkpoints", "evil.pt", payload))
+    assert ck["status"] == "invalid" and ck["reason"], ck
+    assert not marker.exists(), "unpickling the upload executed code"
+
+
+def test_job_runs_to_success_with_progress_metrics_result_and_artifacts(
+    client: httpx.Client, digits_id: str
+) -> None:
+    resp = client.post("/v1/jobs", json=small_spec(digits_id, epochs=3))
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    seen_status: list[str] = []
+    seen_stages: list[str] = []
+    progress: list[float] = []
+    metrics_while_running = 0
+    deadline = time.monotonic() + 240
+    while True:
+        job = get_job(client, job_id)
+        if not seen_status or seen_status[-1] != job["status"]:
+            seen_status.append(job["status"])
+        if job["stage"] and (not seen_stages or seen_stages[-1] != job["stage"]):
+            seen_stages.append(job["stage"])
+        progress.append(job["progress"])
+        if job["status"] == "running" and metrics_while_running == 0:
+            metrics_while_running = len(client.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"])
+        if job["status"] not in ("queued", "running"):
+            break
+        assert time.monotonic() < deadline, f"job stuck: {job}"
+        time.sleep(0.25)
+    assert job["status"] == "succeeded", job
+    assert seen_status[-2:] == ["running", "succeeded"], seen_status
+    assert progress == sorted(progress), "progress went backwards"
+    assert job["progress"] == 1.0 and job["epoch"] == 3 and job["total_epochs"] == 3
+    assert "refining" in seen_stages and seen_stages.index("refining") > 0, seen_stages
+
+    metrics = client.get(f"/v1/jobs/{job_id}/metrics").json()
+    assert metrics["epochs"] == [1, 2, 3]
+
+    result = client.get(f"/v1/jobs/{job_id}/result").json()["result"]
+    for block in ("base", "refined"):
+        for name in ("acc", "nmi", "ari", "ece"):
+            value = result[block][name]
+            assert isinstance(value, float) and 0.0 <= value <= 1.0 or name == "ari", (block, name, value)
+        assert result[block]["acc"] > 0.3, result[block]
+    assert result["clean_set"] and result["robustness"]
+
+    listing = client.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]
+    names = {a["name"] for a in listing}
+    assert {"refined_ensemble.safetensors", "assignments.csv", "result.json"} <= names, names
+    for art in listing:
+        body = client.get(art["url"]).content
+        assert len(body) == art["size"] and hashlib.sha256(body).hexdigest() == art["sha256"], art["name"]
+    csv_lines = client.get(f"/v1/jobs/{job_id}/artifacts/assignments.csv").text.strip().splitlines()
+    assert len(csv_lines) == 1797 + 1
+
+
+def _wait_epoch(client: httpx.Client, job_id: str, epoch: int, timeout: float = 180) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        job = get_job(client, job_id)
+        assert job["status"] in ("queued", "running"), job
+        return job if job["stage"] == "refining" and (job["epoch"] or 0) >= epoch else None
+
+    return wait_for(reached, timeout, 0.2, f"epoch {epoch} of {job_id}")
+
+
+def test_cancel_of_a_running_job_stops_it_within_an_epoch(client: httpx.Client, digits_id: str) -> None:
+    job_id = client.post("/v1/jobs", json=small_spec(digits_id, epochs=200)).json()["id"]
+    at_cancel = _wait_epoch(client, job_id, 1)
+    t0 = time.monotonic()
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    job = wait_for(
+        lambda: (j := get_job(client, job_id))["status"] != "running" and j, 60, 0.2, "cancellation"
+    )
+    elapsed = time.monotonic() - t0
+    assert job["status"] == "cancelled", job
+    assert (job["epoch"] or 0) <= at_cancel["epoch"] + 1, (at_cancel["epoch"], job["epoch"])
+    assert elapsed < 30, elapsed
+    assert client.get(f"/v1/jobs/{job_id}/result").status_code == 409
+
+
+def test_killed_worker_job_resumes_from_its_checkpoint(
+    services: Services, client: httpx.Client, digits_id: str
+) -> None:
+    job_id = client.post("/v1/jobs", json=small_spec(digits_id, epochs=8)).json()["id"]
+    before = _wait_epoch(client, job_id, 2)
+    services.workers["gpu"].kill_group()  # SIGKILL to the worker and its pool: no cleanup runs
+    services.workers["gpu"].popen.wait(timeout=10)
+    killed_at = time.monotonic()
+    services.start_worker("gpu")
+    job = wait_for(
+        lambda: (j := get_job(client, job_id))["status"] not in ("queued", "running") and j,
+        300,
+        0.5,
+        "the resumed job to finish",
+    )
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2, job
+    messages = events(client, job_id)
+    resumed = [m for m in messages if m.startswith("resumed from epoch")]
+    assert resumed, messages
+    resumed_epoch = int(resumed[0].split()[3])
+    assert resumed_epoch >= before["epoch"] - 1 and resumed_epoch >= 1, (resumed, before["epoch"])
+    assert any("lease expired" in m for m in messages), messages
+    assert time.monotonic() - killed_at < 300
+    metrics = client.get(f"/v1/jobs/{job_id}/metrics").json()
+    assert metrics["epochs"] == list(range(1, 9))
