@@ -14,19 +14,16 @@ from api.db.session import get_sessionmaker
 from api.settings import Settings, get_settings
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
-def _finish(session: Session, ok: bool) -> None:
+def _commit_close(session: Session) -> None:
     try:
-        if ok:
-            session.commit()
-        else:
-            session.rollback()
+        session.commit()
     finally:
         session.close()
 
@@ -34,16 +31,20 @@ def _finish(session: Session, ok: bool) -> None:
 async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
     """One session per request: committed when the route returns, rolled back when it raises.
 
-    Creating a Session does no I/O, so it happens on the event loop; closing returns a connection to
-    the pool (and may commit), so it runs in the thread pool.
+    Creating a Session does no I/O. On the way out, pending writes are committed in the thread pool (a
+    commit may wait on a lock); a session with nothing pending is closed on the event loop, which only
+    returns its connection to the pool: a thread hop there would cost more than the poll query itself.
     """
     session = get_sessionmaker(settings.database_url)()
-    ok = False
     try:
         yield session
-        ok = True
-    finally:
-        await run_in_threadpool(_finish, session, ok)
+    except BaseException:
+        session.close()
+        raise
+    if session.new or session.dirty or session.deleted:
+        await run_in_threadpool(_commit_close, session)
+    else:
+        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

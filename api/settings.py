@@ -85,6 +85,8 @@ class Settings(BaseSettings):
             "data_folder_in": str(queue_dir),
             "data_folder_out": str(queue_dir),
             "processed_folder": str(self.broker_dir / "processed"),
+            # Exchange bindings; kombu's default is a folder relative to the working directory.
+            "control_folder": str(self.broker_dir / "control"),
             "store_processed": False,
         }
 
@@ -92,7 +94,7 @@ class Settings(BaseSettings):
         """Create the data, storage and (filesystem) broker folders; idempotent."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         if self.is_filesystem_broker:
-            for key in ("data_folder_in", "processed_folder"):
+            for key in ("data_folder_in", "processed_folder", "control_folder"):
                 Path(self.broker_transport_options()[key]).mkdir(parents=True, exist_ok=True)
 
 

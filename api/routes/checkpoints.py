@@ -32,7 +32,7 @@ async def upload_checkpoint(
 
 
 @router.get("", response_model=CheckpointsPublic, responses=problem_responses(422))
-def list_checkpoints(
+async def list_checkpoints(
     owner: OwnerDep,
     session: SessionDep,
     status: Literal["validating", "ready", "invalid"] | None = None,
@@ -48,7 +48,7 @@ def list_checkpoints(
 
 
 @router.get("/{checkpoint_id}", response_model=CheckpointPublic, responses=problem_responses(404))
-def get_checkpoint(checkpoint_id: str, owner: OwnerDep, session: SessionDep) -> CheckpointPublic:
+async def get_checkpoint(checkpoint_id: str, owner: OwnerDep, session: SessionDep) -> CheckpointPublic:
     row = crud.get_checkpoint(session, owner, checkpoint_id)
     if row is None:
         raise not_found("checkpoint", checkpoint_id)

@@ -32,7 +32,7 @@ async def upload_dataset(
 
 
 @router.get("", response_model=DatasetsPublic, responses=problem_responses(422))
-def list_datasets(
+async def list_datasets(
     owner: OwnerDep,
     session: SessionDep,
     status: Literal["validating", "ready", "invalid"] | None = None,
@@ -48,7 +48,7 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=problem_responses(404))
-def get_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> DatasetPublic:
+async def get_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> DatasetPublic:
     row = crud.get_dataset(session, owner, dataset_id)
     if row is None:
         raise not_found("dataset", dataset_id)

@@ -36,7 +36,7 @@ def _check_db(settings: Settings) -> str | None:
 
 def _check_broker(settings: Settings) -> str | None:
     if settings.is_filesystem_broker:
-        for key in ("data_folder_in", "processed_folder"):
+        for key in ("data_folder_in", "processed_folder", "control_folder"):
             folder = Path(settings.broker_transport_options()[key])
             if not folder.is_dir() or not os.access(folder, os.W_OK):
                 return f"broker: folder {folder} missing or not writable"

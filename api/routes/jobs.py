@@ -29,6 +29,10 @@ from api.storage import ARTIFACT_NAME, resolve_inside
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=problem_responses(401))
 
+# Read routes are `async def` and query on the event loop: a primary-key or keyset read takes well under
+# a millisecond and never waits on a writer (WAL on SQLite, MVCC on Postgres), while the thread-pool hop a
+# sync route needs costs more than the query. Writes stay sync (thread pool): they may wait on locks.
+
 # A job spec is a few KB; anything near this is not a spec and is refused before it is parsed.
 MAX_SPEC_BYTES = 256 * 1024
 
@@ -79,7 +83,7 @@ def create_job(
 
 
 @router.get("", response_model=JobsPublic, responses=problem_responses(422))
-def list_jobs(
+async def list_jobs(
     owner: OwnerDep,
     session: SessionDep,
     status: JobStatus | None = None,
@@ -95,7 +99,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=problem_responses(404))
-def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobPublic:
+async def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobPublic:
     return JobPublic.model_validate(_owned_job(session, owner, job_id))
 
 
@@ -112,7 +116,7 @@ def delete_job(job_id: str, owner: OwnerDep, session: SessionDep, settings: Sett
 
 
 @router.get("/{job_id}/events", response_model=EventsPublic, responses=problem_responses(404, 422))
-def list_events(
+async def list_events(
     job_id: str,
     owner: OwnerDep,
     session: SessionDep,
@@ -129,7 +133,7 @@ def list_events(
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=problem_responses(404))
-def get_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> MetricsPublic:
+async def get_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> MetricsPublic:
     _owned_job(session, owner, job_id)
     rows = crud.list_metrics(session, job_id)
     names = sorted(
@@ -153,7 +157,7 @@ def get_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> MetricsPub
 
 
 @router.get("/{job_id}/result", response_model=ResultPublic, responses=problem_responses(404, 409))
-def get_result(job_id: str, owner: OwnerDep, session: SessionDep) -> ResultPublic:
+async def get_result(job_id: str, owner: OwnerDep, session: SessionDep) -> ResultPublic:
     job = _owned_job(session, owner, job_id)
     if job.status != "succeeded" or job.result is None:
         raise ProblemError(
@@ -163,7 +167,7 @@ def get_result(job_id: str, owner: OwnerDep, session: SessionDep) -> ResultPubli
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=problem_responses(404))
-def list_artifacts(job_id: str, owner: OwnerDep, session: SessionDep) -> ArtifactsPublic:
+async def list_artifacts(job_id: str, owner: OwnerDep, session: SessionDep) -> ArtifactsPublic:
     _owned_job(session, owner, job_id)
     return ArtifactsPublic(
         data=[
