@@ -38,6 +38,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 _FIELD = "checkpoint"
 # Keys listed by name in an error before the rest is summarised as a count.
 _MAX_NAMED_KEYS = 5
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _HEAD_KEY = re.compile(r"^cluster_head\.(\d+)\.(weight|bias)$")
 
 
@@ -102,13 +103,14 @@ def _load_torch_file(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         detail = _weights_only_detail(err)
-        if "GLOBAL" in detail:
+        blocked = _GLOBAL.search(detail)
+        if blocked:
             raise CoreInputError(
                 _FIELD,
-                "refused: the pickle references code that is not allowed in a weights file "
-                f"({detail}); only tensors and plain dicts/lists/numbers are accepted",
+                f"refused: the file references the Python object {blocked.group(1)}, which could run code "
+                "when loaded; only tensors and plain dicts/lists/numbers are accepted",
             ) from None
-        raise CoreInputError(_FIELD, f"not a valid PyTorch checkpoint ({detail})") from None
+        raise CoreInputError(_FIELD, f"not a valid PyTorch checkpoint ({detail[:200]})") from None
     except Exception as err:  # noqa: BLE001 - any reader failure means a corrupt/unsupported upload
         first = " ".join(str(err).split())[:200]
         raise CoreInputError(
