@@ -198,3 +198,51 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = 
             return last
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def small_spec(dataset_id: str, *, epochs: int, batch_size: int = 128) -> dict[str, Any]:
+    """A digits job of a few seconds per stage on one CPU core."""
+    return {
+        "dataset_id": dataset_id,
+        "num_clusters": 10,
+        "seed": 0,
+        "base": {
+            "method": "kmeans",
+            "backbone": "small_cnn",
+            "fit_epochs": 2,
+            "kmeans_restarts": 1,
+            "pca_dim": 20,
+        },
+        "refine": {
+            "strategy": "confidence",
+            "confidence_threshold": 0.9,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": 0.05,
+            "lambda_u_rampup_epochs": max(epochs, 1),
+        },
+        "evaluate": {
+            "attacks": [{"kind": "fgsm", "eps": [8 / 255]}, {"kind": "bim", "eps": [8 / 255], "steps": 2}],
+            "attack_max_samples": 64,
+        },
+    }
+
+
+def upload(client: httpx.Client, route: str, name: str, content: bytes) -> dict[str, Any]:
+    resp = client.post(route, files={"file": (name, content, "application/octet-stream")})
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def wait_upload(client: httpx.Client, route: str, row: dict[str, Any], timeout: float = 90) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        cur = client.get(f"{route}/{row['id']}").json()
+        return cur if cur["status"] != "validating" else None
+
+    return wait_for(done, timeout, 0.3, f"validation of {row['id']}")
+
+
+def get_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    resp = client.get(f"/v1/jobs/{job_id}")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
