@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from api.problems import FieldProblem, ProblemError, field_error
 from api.storage import matched_suffix, remove_dir, sanitize_filename
@@ -23,6 +25,7 @@ from api.storage import matched_suffix, remove_dir, sanitize_filename
 # Multipart framing and small extra fields on top of the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 FILE_FIELD = "file"
+_FILENAME_EXT = re.compile(r"filename\*\s*=\s*[A-Za-z0-9_-]*'[A-Za-z-]*'([^;\s]+)", re.IGNORECASE)
 
 
 @dataclass
@@ -75,16 +78,14 @@ class _State:
         self.header_value.clear()
 
     def on_headers_finished(self) -> None:
-        _, params = parse_options_header(self.headers.get("content-disposition", b""))
+        disposition = self.headers.get("content-disposition", b"")
+        _, params = parse_options_header(disposition)
         name = params.get(b"name", b"").decode("utf-8", "replace")
         if name != FILE_FIELD:
             return
         if self.file_seen:
             raise field_error(422, FILE_FIELD, "send exactly one 'file' part")
-        raw = params.get(b"filename")
-        if raw is None:
-            raise field_error(422, FILE_FIELD, "the 'file' part must be a file (with a filename)")
-        self.filename = sanitize_filename(raw.decode("utf-8", "replace"))
+        self.filename = sanitize_filename(_part_filename(params, disposition))
         suffix = matched_suffix(self.filename, self.allowed)
         if suffix is None:
             raise field_error(
@@ -108,6 +109,18 @@ class _State:
         if self.in_file:
             self.file_done = True
         self.in_file = False
+
+
+def _part_filename(params: dict[bytes, bytes], disposition: bytes) -> str:
+    """The part's file name: ``filename``, else RFC 5987 ``filename*=UTF-8''...``; 422 without either."""
+    raw = params.get(b"filename")
+    if raw is not None:
+        return raw.decode("utf-8", "replace")
+    # python-multipart drops the extended parameter, so it is read from the raw header.
+    extended = _FILENAME_EXT.search(disposition.decode("latin-1"))
+    if extended is not None:
+        return unquote(extended.group(1), errors="replace")
+    raise field_error(422, FILE_FIELD, "the 'file' part must be a file (with a filename)")
 
 
 def _append(fh: io.BufferedWriter, hasher: hashlib._Hash, chunk: bytes) -> None:
@@ -197,6 +210,14 @@ async def receive_upload(
             data, state.pending = bytes(state.pending), bytearray()
             await run_in_threadpool(_append, fh, hasher, data)
         await run_in_threadpool(fh.close)
+    except ClientDisconnect as exc:
+        if fh is not None:
+            fh.close()
+        remove_dir(storage_dir, relative_dir)
+        # Nobody reads this answer; it keeps an aborted upload out of the 5xx counts.
+        raise ProblemError(
+            400, "the client disconnected during the upload", slug="client-disconnected"
+        ) from exc
     except BaseException:
         if fh is not None:
             fh.close()

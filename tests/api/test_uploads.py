@@ -105,3 +105,38 @@ def test_list_and_delete_datasets(client: TestClient, keys: Keys, settings: Sett
     assert client.get(f"/v1/datasets/{ids[0]}", headers=keys.a).status_code == 404
     assert not (settings.storage_dir / "datasets" / ids[0]).exists()
     assert (settings.storage_dir / "datasets" / ids[1] / "data.npz").is_file()
+
+
+def test_rfc5987_filename_and_chunked_body(client: TestClient, keys: Keys, settings: Settings) -> None:
+    data = npz_bytes(3)
+    body = (
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename*=UTF-8''caf%C3%A9.npz\r\n"
+        b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--XyZ--\r\n"
+    )
+
+    def chunks():  # no Content-Length: the streaming limit alone protects the server
+        for i in range(0, len(body), 100):
+            yield body[i : i + 100]
+
+    r = client.post(
+        "/v1/datasets",
+        headers={**keys.a, "content-type": "multipart/form-data; boundary=XyZ"},
+        content=chunks(),
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["filename"] == "cafe.npz" and r.json()["size"] == len(data)
+    assert (settings.storage_dir / "datasets" / r.json()["id"] / "data.npz").read_bytes() == data
+    big = b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.npz"\r\n\r\n'
+
+    def too_many():
+        yield big
+        for _ in range(100):
+            yield b"\0" * 1000
+
+    r = client.post(
+        "/v1/datasets",
+        headers={**keys.a, "content-type": "multipart/form-data; boundary=XyZ"},
+        content=too_many(),
+    )
+    assert r.status_code == 413
+    assert len(list((settings.storage_dir / "datasets").iterdir())) == 1
