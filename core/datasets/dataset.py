@@ -32,6 +32,11 @@ class ArchiveLimits:
     max_image_pixels: int = 4096 * 4096
     max_dataset_bytes: int = 8 * GIB
 
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ArchiveLimits.{name} must be a positive integer, got {value!r}")
+
 
 @dataclass
 class ImageDataset:

@@ -47,8 +47,9 @@ class CheckpointInfo:
     """What a checkpoint holds, read from its keys and shapes.
 
     ``head`` is the selected head: the file's own ``head`` entry (SCAN stores its lowest-loss head),
-    else 0. ``features_dim`` is the projection size of an embedding model (None for clustering);
-    ``backbone_dim`` is D. ``mean``/``std`` come from our safetensors metadata (None otherwise).
+    else 0. ``nheads`` is 0 for an embedding model. ``features_dim`` is the projection size of an
+    embedding model (None for clustering); ``backbone_dim`` is D. ``mean``/``std`` come from our
+    safetensors metadata (None otherwise).
     """
 
     kind: CheckpointKind

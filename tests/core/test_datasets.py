@@ -591,3 +591,8 @@ def test_image_dataset_rejects_bad_tensors() -> None:
         )
     with pytest.raises(CoreInputError, match=r"assignments: must be int64"):
         ImageDataset(images=torch.zeros(2, 4, 4, 1, dtype=torch.uint8), assignments=torch.zeros(2))
+
+
+def test_archive_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"ArchiveLimits\.max_members must be a positive integer, got 0"):
+        ArchiveLimits(max_members=0)
