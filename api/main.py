@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from api.observability import MetricsMiddleware, RequestMetrics
 from api.problems import install_problem_handlers
-from api.routes import api_router, ops_router
+from api.routes import include_routers
 from api.settings import Settings, get_settings
 
 DESCRIPTION = """Refines image clusterings with RUC (Park et al., CVPR 2021).
@@ -26,8 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.request_metrics = RequestMetrics()
     install_problem_handlers(app)
-    app.include_router(ops_router)
-    app.include_router(api_router)
+    include_routers(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.request_metrics)
     return app
 
