@@ -1,0 +1,190 @@
+"""Worker pieces on an embedded SQLite database: webhook signing and delivery to a real local HTTP
+server, progress mapping, heartbeat loss detection, validation outcomes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import update
+
+from api.db.crud import job_runs
+from api.db.models import ApiKey, Checkpoint, Dataset, Job, new_id
+from api.db.session import dispose_engines, session_scope
+from api.settings import Settings, get_settings
+from core.spec import JobSpec
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    for key in ("RUC_DATABASE_URL", "RUC_BROKER_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RUC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RUC_WEBHOOK_SECRET", "s3cret")
+    monkeypatch.setenv("RUC_HEARTBEAT_SECONDS", "1")
+    get_settings.cache_clear()
+    dispose_engines()
+    s = get_settings()
+    s.ensure_dirs()
+    from api.db.migrate import upgrade_head
+
+    upgrade_head(s.database_url)
+    yield s
+    dispose_engines()
+    get_settings.cache_clear()
+
+
+def _rows(*, dataset_path: str = "datasets/d/data.npz") -> tuple[str, str]:
+    with session_scope() as s:
+        key = ApiKey(id=new_id("key"), name="t", key_hash=new_id("h")[-40:], prefix="ruc_x")
+        s.add(key)
+        s.flush()
+        ds = Dataset(
+            id=new_id("ds"), owner_id=key.id, filename="d.npz", size=1, sha256="0" * 64, path=dataset_path
+        )
+        s.add(ds)
+        s.flush()
+        job = Job(
+            id=new_id("job"), owner_id=key.id, dataset_id=ds.id, spec={"dataset_id": ds.id, "num_clusters": 3}
+        )
+        s.add(job)
+        s.flush()
+        return ds.id, job.id
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], bytes]] = []
+    status = 200
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(type(self).status)
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:
+        return None
+
+
+@pytest.fixture()
+def webhook_server() -> Iterator[tuple[str, type[_Recorder]]]:
+    handler = type("Recorder", (_Recorder,), {"received": [], "status": 200})
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", handler
+    server.shutdown()
+
+
+def test_callback_is_signed_with_hmac_sha256_over_timestamp_and_body(
+    settings: Settings, webhook_server: tuple[str, type[_Recorder]]
+) -> None:
+    from worker.job_runner import post_callback
+
+    url, handler = webhook_server
+    _, job_id = _rows()
+    post_callback(job_id, url, {"id": job_id, "status": "succeeded", "error": None}, settings)
+    assert len(handler.received) == 1
+    headers, body = handler.received[0]
+    assert json.loads(body) == {"id": job_id, "status": "succeeded", "error": None}
+    expected = hmac.new(
+        b"s3cret", headers["x-ruc-timestamp"].encode() + b"." + body, hashlib.sha256
+    ).hexdigest()
+    assert headers["x-ruc-signature"] == f"sha256={expected}"
+    with session_scope() as s:
+        assert job_runs.list_event_messages(s, job_id)[-1] == "callback delivered (200)"
+
+
+def test_callback_failures_become_events(
+    settings: Settings, webhook_server: tuple[str, type[_Recorder]]
+) -> None:
+    from worker.job_runner import post_callback
+
+    url, handler = webhook_server
+    handler.status = 500
+    _, job_id = _rows()
+    post_callback(job_id, url, {"id": job_id}, settings)
+    post_callback(job_id, "http://127.0.0.1:1/unreachable", {"id": job_id}, settings)
+    with session_scope() as s:
+        messages = job_runs.list_event_messages(s, job_id)
+    assert messages[-2] == "callback answered 500"
+    assert messages[-1].startswith("callback failed: ConnectError")
+
+
+def test_overall_progress_is_monotonic_across_stages_and_ends_at_one() -> None:
+    from worker.job_runner import STAGES, overall_progress, stage_weights
+
+    spec = JobSpec(dataset_id="ds_x", num_clusters=10, refine={"epochs": 50}, base={"fit_epochs": 10})
+    weights = stage_weights(spec)
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert weights["refining"] / weights["base_clustering"] == pytest.approx(4 * 50 / 10)
+    points = [overall_progress(weights, stage, f) for stage in STAGES for f in (0.0, 0.25, 0.5, 1.0)]
+    assert points == sorted(points) and points[0] == 0.0 and points[-1] == pytest.approx(1.0)
+
+
+def test_heartbeat_notices_a_lost_lease(settings: Settings) -> None:
+    from worker.job_runner import LeaseKeeper
+
+    _, job_id = _rows()
+    with session_scope() as s:
+        assert job_runs.claim_job(s, job_id, owner="me", lease_seconds=30).outcome == "claimed"
+    with LeaseKeeper(job_id, "me", settings) as keeper:
+        assert not keeper.lost.wait(1.5)
+        with session_scope() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(lease_owner="someone-else"))
+        assert keeper.lost.wait(3.0)
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_validation_records_ready_with_facts_or_invalid_with_the_reason(settings: Settings) -> None:
+    from worker.validation import validate_checkpoint, validate_dataset
+
+    rng = np.random.default_rng(0)
+    cases = {
+        "good": _npz(images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8), labels=np.arange(12) % 3),
+        "noimages": _npz(pixels=np.zeros((2, 8, 8, 1), np.uint8)),
+        "garbage": b"\x00not a zip archive" * 10,
+    }
+    ids = {}
+    for name, content in cases.items():
+        rel = f"datasets/{name}/data.npz"
+        (settings.storage_dir / rel).parent.mkdir(parents=True)
+        (settings.storage_dir / rel).write_bytes(content)
+        ids[name] = _rows(dataset_path=rel)[0]
+    assert [validate_dataset(ids[n]) for n in cases] == ["ready", "invalid", "invalid"]
+    with session_scope() as s:
+        good, noimg, garbage = (job_runs.get_dataset(s, ids[n]) for n in cases)
+        assert good is not None and good.facts is not None
+        assert good.facts["count"] == 12 and good.facts["channels"] == 3 and good.facts["label_count"] == 3
+        assert noimg is not None and noimg.reason and "images" in noimg.reason
+        assert garbage is not None and garbage.status == "invalid" and garbage.reason
+    # A row is decided once: a redelivered message does not flip it back.
+    assert validate_dataset(ids["good"]) == "ready"
+    assert validate_dataset("ds_missing") == "missing"
+
+    with session_scope() as s:
+        owner = job_runs.get_dataset(s, ids["good"]).owner_id  # type: ignore[union-attr]
+        ck = Checkpoint(
+            id=new_id("ck"), owner_id=owner, filename="x.pt", size=5, sha256="0" * 64, path="../outside.pt"
+        )
+        s.add(ck)
+        s.flush()
+        ck_id = ck.id
+    assert validate_checkpoint(ck_id) == "invalid"
+    with session_scope() as s:
+        row = job_runs.get_checkpoint(s, ck_id)
+        assert row is not None and row.reason == "path: stored path is outside the storage folder"
