@@ -19,9 +19,10 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
+from api.db import session as db_session
 from api.db.crud import job_runs
 from api.db.models import utcnow
-from api.db.session import dispose_engines, session_scope
+from api.db.session import session_scope
 from api.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -77,13 +78,25 @@ class Sweeper:
 _sweeper: Sweeper | None = None
 
 
+def forget_inherited_engines() -> None:
+    """In a forked pool process: drop the parent's pooled connections without closing them.
+
+    A connection inherited through fork shares its socket with the parent; using it here would
+    interleave two processes' traffic, and closing it would end the parent's session on the server.
+    ``dispose(close=False)`` (SQLAlchemy's recipe for child processes) just forgets them.
+    """
+    for engine in list(db_session._engines.values()):
+        engine.dispose(close=False)
+    db_session._engines.clear()
+    db_session._makers.clear()
+
+
 def install(app: Celery) -> None:
     """Connect the worker signals: fresh DB pools after fork, the sweeper in the main process."""
 
     @worker_process_init.connect(weak=False)
     def _after_fork(**_kw: Any) -> None:
-        # Pooled connections inherited from the parent must not be shared across processes.
-        dispose_engines()
+        forget_inherited_engines()
 
     @worker_ready.connect(weak=False)
     def _start_sweeper(**_kw: Any) -> None:
