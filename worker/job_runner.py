@@ -140,7 +140,7 @@ class DbHooks:
         self.stage = ""
         self.cancelled = False
         self._last_progress_write = 0.0
-        self._last_epoch_written: int | None = None
+        self._total_written: int | None = None
         self._last_stop_poll = 0.0
 
     def run_hooks(self) -> RunHooks:
@@ -169,26 +169,26 @@ class DbHooks:
 
     def on_progress(self, fraction: float, epoch: int | None, total_epochs: int | None) -> None:
         now = time.monotonic()
-        epoch_changed = epoch is not None and epoch != self._last_epoch_written
-        if not epoch_changed and fraction < 1.0 and now - self._last_progress_write < PROGRESS_WRITE_SECONDS:
+        refining = self.stage == "refining"
+        first_total = refining and total_epochs is not None and total_epochs != self._total_written
+        if not first_total and fraction < 1.0 and now - self._last_progress_write < PROGRESS_WRITE_SECONDS:
             return
-        # The job row's epoch/total_epochs describe RUC training only (the API shows "epoch i/N").
-        in_refining = self.stage == "refining"
+        # ``epoch`` here is the epoch in progress; the row's ``epoch`` is the last *finished* one,
+        # written by on_epoch. total_epochs describes RUC training only (the API shows "epoch i/N").
         with session_scope() as s:
             job_runs.update_progress(
                 s,
                 self.job_id,
                 owner=self.owner,
                 progress=overall_progress(self.weights, self.stage, fraction),
-                epoch=epoch if in_refining else None,
-                total_epochs=total_epochs if in_refining else None,
+                total_epochs=total_epochs if refining else None,
             )
         self._last_progress_write = now
-        if in_refining and epoch is not None:
-            self._last_epoch_written = epoch
+        if refining and total_epochs is not None:
+            self._total_written = total_epochs
 
     def on_epoch(self, metrics: dict[str, Any]) -> None:
-        epoch = int(metrics.get("epoch", (self._last_epoch_written or 0)))
+        epoch = int(metrics["epoch"])
         with session_scope() as s:
             job_runs.put_epoch_metrics(s, self.job_id, epoch, _jsonable(metrics))
             job_runs.update_progress(s, self.job_id, owner=self.owner, epoch=epoch)
@@ -261,7 +261,10 @@ def _dataset_path(job: Job, settings: Settings) -> Path:
 
 
 def _store_artifacts(job_id: str, artifacts: dict[str, Path], settings: Settings) -> list[dict[str, Any]]:
-    """Move the run's artifact files to ``jobs/<id>/artifacts/`` and describe them (size, sha256)."""
+    """Move the run's artifact files to ``jobs/<id>/artifacts/`` and describe them (size, sha256).
+
+    Only ``jobs/<id>/artifacts/`` survives the run (the work folder is removed after success).
+    """
     target_dir = job_dir(settings, job_id) / "artifacts"
     target_dir.mkdir(parents=True, exist_ok=True)
     described = []
@@ -270,7 +273,7 @@ def _store_artifacts(job_id: str, artifacts: dict[str, Path], settings: Settings
         filename = Path(name).name if Path(name).suffix else src.name
         dest = target_dir / filename
         if src.resolve() != dest.resolve():
-            shutil.copy2(src, dest)
+            shutil.move(src, dest)
         described.append(
             {
                 "name": filename,
@@ -323,7 +326,12 @@ def run_job_delivery(
         log.info("job %s: delivery dropped (%s) %s", job_id, claim.outcome, claim.detail)
         return f"dropped: {claim.outcome}"
 
-    spec = JobSpec.model_validate(job.spec)
+    try:
+        spec = JobSpec.model_validate(job.spec)
+    except ValueError as exc:  # a row written under an older spec schema: fail it, do not retry
+        with session_scope() as s:
+            job_runs.finish_job(s, job_id, owner=owner, status="failed", error=f"invalid spec: {exc}"[:2000])
+        return "failed"
     with LeaseKeeper(job_id, owner, settings) as lease:
         hooks = DbHooks(job_id, owner, spec, lease)
         status, error, result = _execute(job, spec, hooks, lease, settings, device)
@@ -388,6 +396,8 @@ def _execute(
         with session_scope() as s:
             for a in stored:
                 job_runs.put_artifact(s, job_id, **a)
+        # The epoch checkpoint and cached base output are only needed to resume; free the space.
+        shutil.rmtree(work_dir, ignore_errors=True)
         return "succeeded", None, _jsonable(outcome.result)
     except StopRequested:
         if lease.lost.is_set():
