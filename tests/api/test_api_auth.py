@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from api_support import Keys, ready_dataset, submit, upload
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
@@ -7,7 +8,6 @@ from api.auth import key_cache
 from api.db.models import ApiKey, utcnow
 from api.db.session import session_scope
 from api.settings import Settings
-from tests.api.conftest import Keys, ready_dataset, submit, upload
 
 PROBLEM = "application/problem+json"
 

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import shutil
 
+from api_support import Keys
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
-from tests.api.conftest import Keys
 
 
 def test_healthz_and_readyz(client: TestClient, settings: Settings) -> None:

@@ -3,13 +3,13 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
+from api_support import Keys, broker_tasks, mark_ready, ready_dataset, submit, upload
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from api.db.models import Artifact, Checkpoint, Job, JobEvent, JobMetric, utcnow
 from api.db.session import session_scope
 from api.settings import Settings
-from tests.api.conftest import Keys, broker_tasks, mark_ready, ready_dataset, submit, upload
 
 PROBLEM = "application/problem+json"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
+from api_support import Keys, ready_dataset
 from fastapi.testclient import TestClient
 
 from api.settings import Settings
-from tests.api.conftest import Keys, ready_dataset
 
 PROBLEM = "application/problem+json"
 

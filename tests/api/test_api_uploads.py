@@ -3,13 +3,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from api_support import Keys, broker_tasks, npz_bytes, upload
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.db.models import Checkpoint, Dataset
 from api.db.session import session_scope
 from api.settings import Settings
-from tests.api.conftest import Keys, broker_tasks, npz_bytes, upload
 
 PROBLEM = "application/problem+json"
 
