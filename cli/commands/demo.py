@@ -91,28 +91,19 @@ def _fmt(value: Any) -> str:
 
 
 def _robustness_rows(result: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(label, base, refined) accuracy under each attack and eps, read from ``result['robustness']``.
-
-    The block is keyed by model (``base``/``refined``), then attack kind, then eps (lists of
-    ``{"eps", "accuracy", "stability"}`` entries or dicts keyed by eps).
-    """
+    """(label, base, refined) accuracy under each attack and eps, from ``result['robustness']``:
+    ``{"base": {"clean_accuracy", "attacks": [{"kind", "eps", "steps", "accuracy"}]}, "refined": ...}``."""
     rob = result.get("robustness") or {}
     per_model: dict[str, dict[str, Any]] = {}
     for model in ("base", "refined"):
-        flat: dict[str, Any] = {}
         block = rob.get(model) or {}
-        for kind, entries in block.items() if isinstance(block, dict) else []:
-            items = (
-                entries.items() if isinstance(entries, dict) else ((e.get("eps"), e) for e in entries or [])
-            )
-            for eps, entry in items:
-                if not isinstance(entry, dict):
-                    continue
-                try:
-                    label = f"{kind.upper()} eps={float(eps) * 255:.0f}/255 acc"
-                except (TypeError, ValueError):
-                    label = f"{kind.upper()} eps={eps} acc"
-                flat[label] = entry.get("accuracy")
+        flat: dict[str, Any] = {}
+        if "clean_accuracy" in block:
+            flat[f"clean acc (n={rob.get('num_samples', '?')})"] = block["clean_accuracy"]
+        for attack in block.get("attacks") or []:
+            steps = f", {attack['steps']} steps" if attack.get("steps") else ""
+            label = f"{str(attack['kind']).upper()} eps={float(attack['eps']) * 255:.0f}/255{steps}"
+            flat[label] = attack.get("accuracy")
         per_model[model] = flat
     labels = list(dict.fromkeys([*per_model["base"], *per_model["refined"]]))
     return [(label, per_model["base"].get(label), per_model["refined"].get(label)) for label in labels]
@@ -127,12 +118,11 @@ def results_table(result: dict[str, Any]) -> str:
     width = max(len(r[0]) for r in rows) + 2
     lines = [f"{'metric':<{width}}{'base':>10}{'refined':>10}", "-" * (width + 20)]
     lines += [f"{name:<{width}}{_fmt(b):>10}{_fmt(r):>10}" for name, b, r in rows]
-    clean = result.get("clean_set") or {}
+    clean = (result.get("clean_set") or {}).get("initial") or {}
     if clean:
         lines.append("")
-        lines.append(
-            "clean set: " + ", ".join(f"{k}={_fmt(v)}" for k, v in clean.items() if not isinstance(v, dict))
-        )
+        stats = ", ".join(f"{k}={_fmt(clean.get(k))}" for k in ("size", "precision", "recall", "f1"))
+        lines.append(f"initial clean set: {stats}")
     return "\n".join(lines)
 
 
