@@ -200,7 +200,9 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = 
     raise TimeoutError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
-def small_spec(dataset_id: str, *, epochs: int, batch_size: int = 128) -> dict[str, Any]:
+def small_spec(
+    dataset_id: str, *, epochs: int, batch_size: int = 128, confidence_threshold: float = 0.9
+) -> dict[str, Any]:
     """A digits job of a few seconds per stage on one CPU core."""
     return {
         "dataset_id": dataset_id,
@@ -215,7 +217,7 @@ def small_spec(dataset_id: str, *, epochs: int, batch_size: int = 128) -> dict[s
         },
         "refine": {
             "strategy": "confidence",
-            "confidence_threshold": 0.9,
+            "confidence_threshold": confidence_threshold,
             "epochs": epochs,
             "batch_size": batch_size,
             "lr": 0.05,
