@@ -1,0 +1,410 @@
+"""The base clustering whose pseudo-labels RUC refines (``base.method`` of the job spec).
+
+kmeans      k-means (k-means++, restarts) on the uploaded embedding model's features, or on a PCA
+            of the raw pixels scaled to [0, 1]; then a *base network* is fitted to those labels.
+labels      uploaded assignments (hard (N,) or soft (N, K)); the same base network is fitted to them.
+checkpoint  an uploaded SCAN-layout clustering model is the base network as is.
+
+The base network (backbone + linear head, ``ClusteringModel``) is trained with plain cross-entropy
+on the pseudo-labels under weak augmentation. Like the deep clustering models RUC is meant to fix,
+it ends up overconfident: its softmax on the unaugmented images gives ``probs`` (used by the
+confidence strategy and for the base model's ECE) and its argmax the pseudo-labels RUC refines.
+
+The embedding for the metric strategy is the uploaded embedding model's output when there is one;
+otherwise the PCA features (kmeans, labels) or the clustering model's backbone features (checkpoint).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.augment import weak_augment
+from core.clustering.kmeans import kmeans
+from core.errors import CoreInputError
+from core.hooks import RunHooks
+from core.models import (
+    ClusteringModel,
+    EmbeddingModel,
+    build_backbone,
+    default_backbone_for,
+    load_clustering_model,
+    load_embedding_model,
+)
+from core.spec import JobSpec
+
+if TYPE_CHECKING:
+    from core.datasets import ImageDataset
+
+__all__ = [
+    "BaseOutput",
+    "FIT_BATCH_SIZE",
+    "FIT_LR",
+    "INFER_BATCH_SIZE",
+    "embed_images",
+    "fit_base_network",
+    "pca_features",
+    "predict_probs",
+    "run_base",
+]
+
+# Base-network fitting: Adam at 1e-3 converges in tens of epochs for every backbone we build and,
+# with plain CE and no regularisation, reaches the overconfidence the paper attributes to
+# clustering models. 256 balances CPU speed on small data against GPU utilisation; small datasets
+# use smaller batches so that an epoch still has FIT_MIN_STEPS optimiser steps.
+FIT_BATCH_SIZE = 256
+FIT_MIN_BATCH_SIZE = 16
+FIT_MIN_STEPS = 8
+FIT_LR = 1e-3
+# Inference only: large batches, no gradients.
+INFER_BATCH_SIZE = 1024
+# PCA: exact eigendecomposition of the covariance up to this many pixel features, randomised above
+# (a (D, D) float64 covariance at D = 4096 is 128 MiB).
+EXACT_PCA_MAX_DIM = 4096
+
+
+@dataclass
+class BaseOutput:
+    """model: the base ClusteringModel (eval mode, on the job's device).
+    pseudo_labels: (N,) int64 = probs.argmax(1). probs: (N, K) float32, rows sum to 1.
+    embedding: (N, D) float32, for the metric strategy. info: JSON-serialisable facts."""
+
+    model: ClusteringModel
+    pseudo_labels: torch.Tensor
+    probs: torch.Tensor
+    embedding: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small building blocks
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def embed_images(fn: Any, images01: torch.Tensor, *, batch_size: int = INFER_BATCH_SIZE) -> torch.Tensor:
+    """Apply ``fn`` ((B, C, H, W) [0,1] -> (B, D)) batch by batch; returns (N, D) float32."""
+    outs = [fn(images01[s : s + batch_size]).float() for s in range(0, images01.shape[0], batch_size)]
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module, images01: torch.Tensor, *, batch_size: int = INFER_BATCH_SIZE
+) -> torch.Tensor:
+    """Softmax (N, K) float32 of ``model`` in eval mode on unaugmented images (N, C, H, W) in [0, 1]."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = embed_images(model, images01, batch_size=batch_size)
+    finally:
+        model.train(was_training)
+    return torch.softmax(logits, dim=1)
+
+
+def pca_features(images01: torch.Tensor, dim: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """PCA of flattened pixels: images01 (N, C, H, W) in [0, 1] -> (N, d) projections, d = min(dim, D, N).
+
+    Exact (covariance eigendecomposition in float64, deterministic) for D <= EXACT_PCA_MAX_DIM,
+    otherwise ``torch.pca_lowrank`` (randomised; seeded by the caller's global RNG).
+    Returns the features and facts (dim, explained variance ratio, method).
+    """
+    n = images01.shape[0]
+    x = images01.reshape(n, -1).float()
+    d_in = x.shape[1]
+    d = max(1, min(dim, d_in, n))
+    mean = x.mean(0, keepdim=True)
+    if d_in <= EXACT_PCA_MAX_DIM:
+        cov = torch.zeros(d_in, d_in, dtype=torch.float64, device=x.device)
+        for s in range(0, n, 8192):
+            xc = (x[s : s + 8192] - mean).double()
+            cov += xc.T @ xc
+        cov /= max(n - 1, 1)
+        evals, evecs = torch.linalg.eigh(cov)  # ascending
+        order = torch.argsort(evals, descending=True)[:d]
+        comps = evecs[:, order]
+        # Fix each component's sign (largest |loading| positive) so features do not flip between runs.
+        sign = torch.sign(comps.gather(0, comps.abs().argmax(0, keepdim=True)))
+        comps = (comps * torch.where(sign == 0, torch.ones_like(sign), sign)).float()
+        total = float(evals.clamp_min(0).sum())
+        explained = float(evals[order].clamp_min(0).sum()) / total if total > 0 else 1.0
+        method = "exact"
+    else:
+        _, s_vals, v = torch.pca_lowrank(x, q=d, center=True, niter=4)
+        comps = v[:, :d]
+        total = float(((x - mean) ** 2).sum()) / max(n - 1, 1)
+        explained = float((s_vals[:d] ** 2).sum()) / max(n - 1, 1) / total if total > 0 else 1.0
+        method = "randomized"
+    feats = torch.cat([(x[s : s + 8192] - mean) @ comps for s in range(0, n, 8192)])
+    return feats, {"dim": d, "explained_variance": round(explained, 6), "method": method}
+
+
+def _channel_stats(images01: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (N, C, H, W) images, for the model's internal normalisation."""
+    mean = images01.mean(dim=(0, 2, 3))
+    std = images01.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return mean.tolist(), std.tolist()
+
+
+def fit_base_network(
+    model: ClusteringModel,
+    images01: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    epochs: int,
+    seed: int,
+    hooks: RunHooks,
+    progress: tuple[float, float] = (0.0, 1.0),
+    batch_size: int = FIT_BATCH_SIZE,
+    lr: float = FIT_LR,
+) -> list[float]:
+    """Train ``model`` with plain cross-entropy on ``targets`` under weak augmentation (Adam).
+
+    images01: (N, C, H, W) float in [0, 1] on the model's device. targets: (N,) int64 hard labels
+    or (N, K) float probabilities (soft cross-entropy). Shuffling and augmentation draw from a
+    generator seeded with ``seed``. Reports progress in ``progress`` (a sub-range of the stage)
+    after every epoch and honours ``hooks.should_stop`` between epochs.
+    Returns the mean training loss of every epoch.
+    """
+    n = images01.shape[0]
+    dev = images01.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    bs = max(2, min(batch_size, n, max(FIT_MIN_BATCH_SIZE, n // FIT_MIN_STEPS)))
+    losses: list[float] = []
+    lo, hi = progress
+    model.train()
+    for epoch in range(epochs):
+        hooks.check_stop("base_clustering")
+        perm = torch.randperm(n, generator=gen).to(dev)
+        total, count = 0.0, 0
+        # drop the ragged last batch unless it is the only one: BatchNorm needs > 1 sample.
+        n_full = n // bs * bs if n >= 2 * bs else n
+        for s in range(0, n_full, bs):
+            idx = perm[s : s + bs]
+            if idx.numel() < 2:
+                break
+            x = weak_augment(images01[idx], generator=gen)
+            loss = F.cross_entropy(model(x), targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * idx.numel()
+            count += idx.numel()
+        losses.append(total / max(count, 1))
+        hooks.on_progress(lo + (hi - lo) * (epoch + 1) / epochs, None, None)
+    model.eval()
+    return losses
+
+
+def _checkpoint_path(checkpoint_paths: dict[str, Path], ckpt_id: str, field_name: str) -> Path:
+    path = checkpoint_paths.get(ckpt_id)
+    if path is None:
+        raise CoreInputError(field_name, f"checkpoint {ckpt_id!r} is not available to this job")
+    return Path(path)
+
+
+def _load_embedding(spec: JobSpec, checkpoint_paths: dict[str, Path], channels: int) -> EmbeddingModel | None:
+    ckpt_id = spec.base.embedding_checkpoint_id
+    if ckpt_id is None:
+        return None
+    field_name = "base.embedding_checkpoint_id"
+    try:
+        model = load_embedding_model(_checkpoint_path(checkpoint_paths, ckpt_id, field_name))
+    except CoreInputError as e:
+        if e.field == field_name:
+            raise
+        raise CoreInputError(field_name, f"{e.field}: {e.problem}") from e
+    _check_channels(model.backbone, channels, field_name)
+    return model
+
+
+def _check_channels(backbone: nn.Module, channels: int, field_name: str) -> None:
+    have = getattr(backbone, "in_channels", None)
+    if have is not None and int(have) != channels:
+        raise CoreInputError(
+            field_name, f"the model takes {have}-channel images but the dataset has {channels}"
+        )
+
+
+def _new_base_model(
+    spec: JobSpec, emb_model: EmbeddingModel | None, images01: torch.Tensor
+) -> tuple[ClusteringModel, str]:
+    """Fresh ClusteringModel: the embedding model's backbone (copied) if uploaded, else a new one."""
+    k = spec.num_clusters
+    if emb_model is not None:
+        bb = copy.deepcopy(emb_model.backbone)
+        model = ClusteringModel(
+            bb,
+            emb_model.backbone_dim,
+            k,
+            mean=emb_model.mean.flatten().tolist(),
+            std=emb_model.std.flatten().tolist(),
+        )
+        return model, "embedding_checkpoint"
+    _, c, h, w = images01.shape
+    name = spec.base.backbone or default_backbone_for(h, w)
+    bb, dim = build_backbone(name, in_channels=c)
+    mean, std = _channel_stats(images01)
+    return ClusteringModel(bb, dim, k, mean=mean, std=std), "new"
+
+
+def _assignment_targets(dataset: ImageDataset, k: int, device: torch.device) -> torch.Tensor:
+    """Validated uploaded assignments: (N,) int64 or (N, K) float32 rows summing to 1."""
+    a = dataset.assignments
+    if a is None:
+        raise CoreInputError(
+            "base.method",
+            "'labels' needs uploaded assignments (npz key 'assignments' or 'assignment_probs'); "
+            "the dataset has none",
+        )
+    if a.shape[0] != dataset.n:
+        raise CoreInputError("assignments", f"has {a.shape[0]} rows but the dataset has {dataset.n} images")
+    if a.ndim == 1:
+        a = a.long()
+        if int(a.min()) < 0:
+            raise CoreInputError("assignments", f"contains a negative cluster index ({int(a.min())})")
+        if int(a.max()) >= k:
+            raise CoreInputError(
+                "num_clusters", f"the uploaded assignments use cluster {int(a.max())} but num_clusters is {k}"
+            )
+        return a.to(device)
+    if a.ndim != 2:
+        raise CoreInputError("assignments", f"must be (N,) or (N, K); got shape {tuple(a.shape)}")
+    if a.shape[1] != k:
+        raise CoreInputError(
+            "num_clusters",
+            f"the uploaded assignment probabilities have {a.shape[1]} columns but num_clusters is {k}",
+        )
+    a = a.float()
+    if not bool(torch.isfinite(a).all()) or bool((a < 0).any()):
+        raise CoreInputError("assignments", "probabilities must be finite and non-negative")
+    sums = a.sum(1, keepdim=True)
+    if bool((sums <= 0).any()):
+        raise CoreInputError("assignments", "a row of probabilities sums to 0")
+    return (a / sums).to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# run_base
+# ----------------------------------------------------------------------------------------------
+
+
+def run_base(
+    spec: JobSpec,
+    dataset: ImageDataset,
+    *,
+    device: str | torch.device,
+    checkpoint_paths: dict[str, Path] | None = None,
+    hooks: RunHooks | None = None,
+) -> BaseOutput:
+    """Compute the base clustering for ``spec.base.method`` (see module docstring).
+
+    dataset: ImageDataset with N uint8 (N, H, W, C) images. checkpoint_paths: checkpoint id -> file.
+    Reports progress of the ``base_clustering`` stage through ``hooks.on_progress`` and raises
+    StopRequested between epochs when ``hooks.should_stop()``. Seeds the global torch RNG with
+    ``spec.seed`` (model initialisation), so the output depends only on the inputs and the device.
+    Raises CoreInputError naming the spec or dataset field for unusable inputs.
+    """
+    hooks = hooks or RunHooks()
+    checkpoint_paths = checkpoint_paths or {}
+    dev = torch.device(device)
+    k = spec.num_clusters
+    if dataset.n < k:
+        raise CoreInputError(
+            "num_clusters", f"{k} clusters requested but the dataset has only {dataset.n} images"
+        )
+    torch.manual_seed(spec.seed)
+    images01 = dataset.to_float(dev)  # (N, C, H, W)
+    info: dict[str, Any] = {"method": spec.base.method}
+
+    emb_model = _load_embedding(spec, checkpoint_paths, dataset.channels)
+    emb_features: torch.Tensor | None = None
+    if emb_model is not None:
+        emb_model = emb_model.to(dev).eval()
+        emb_features = embed_images(emb_model, images01)  # (N, features_dim), unit norm
+    hooks.on_progress(0.05, None, None)
+
+    if spec.base.method == "checkpoint":
+        ckpt_id = spec.base.clustering_checkpoint_id
+        assert ckpt_id is not None  # BaseSpec's validator
+        field_name = "base.clustering_checkpoint_id"
+        path = _checkpoint_path(checkpoint_paths, ckpt_id, field_name)
+        try:
+            model = load_clustering_model(path, num_clusters=k, head=spec.base.head, backbone=None)
+        except CoreInputError as e:
+            mapped = {"head": "base.head", "num_clusters": "num_clusters"}.get(e.field)
+            if mapped is not None or e.field == field_name:
+                raise CoreInputError(mapped or field_name, e.problem) from e
+            raise CoreInputError(field_name, f"{e.field}: {e.problem}") from e
+        _check_channels(model.backbone, dataset.channels, field_name)
+        model = model.to(dev).eval()
+        probs = predict_probs(model, images01)
+        if emb_features is not None:
+            embedding, info["embedding_source"] = emb_features, "embedding_checkpoint"
+        else:
+            embedding = embed_images(model.features, images01)
+            info["embedding_source"] = "clustering_checkpoint_backbone"
+        info["backbone"] = model.backbone_name
+        hooks.on_progress(1.0, None, None)
+        return BaseOutput(model, probs.argmax(1), probs, embedding, info)
+
+    # kmeans and labels share everything but where the targets come from.
+    pca: torch.Tensor | None = None
+    if emb_features is None:
+        pca, pca_info = pca_features(images01, spec.base.pca_dim)
+        info["pca"] = pca_info
+    if spec.base.method == "kmeans":
+        feats = emb_features if emb_features is not None else pca
+        assert feats is not None
+        info["feature_source"] = "embedding_checkpoint" if emb_features is not None else "pca"
+        km = kmeans(feats, k, restarts=spec.base.kmeans_restarts, seed=spec.seed, device=dev)
+        targets: torch.Tensor = km.labels
+        info["kmeans"] = {
+            "inertia": km.inertia,
+            "restarts": spec.base.kmeans_restarts,
+            "iterations": km.n_iter,
+            "cluster_sizes": torch.bincount(km.labels, minlength=k).tolist(),
+        }
+    elif spec.base.method == "labels":
+        targets = _assignment_targets(dataset, k, dev)
+        info["assignments"] = "probabilities" if targets.ndim == 2 else "hard"
+    else:  # pragma: no cover - the spec's Literal forbids it
+        raise CoreInputError("base.method", f"unknown method {spec.base.method!r}")
+    hooks.on_progress(0.2, None, None)
+
+    model, bb_source = _new_base_model(spec, emb_model, images01)
+    model = model.to(dev)
+    losses = fit_base_network(
+        model,
+        images01,
+        targets,
+        epochs=spec.base.fit_epochs,
+        seed=spec.seed,
+        hooks=hooks,
+        progress=(0.2, 1.0),
+    )
+    probs = predict_probs(model, images01)
+    pseudo = probs.argmax(1)
+    hard_targets = targets if targets.ndim == 1 else targets.argmax(1)
+    info.update(
+        {
+            "backbone": model.backbone_name,
+            "backbone_source": bb_source,
+            "fit_epochs": spec.base.fit_epochs,
+            "fit_final_loss": losses[-1] if losses and math.isfinite(losses[-1]) else None,
+            # how far the fitted network moved from the labels it was fitted to
+            "agreement_with_targets": float((pseudo == hard_targets).float().mean()),
+            "embedding_source": "embedding_checkpoint" if emb_features is not None else "pca",
+        }
+    )
+    embedding = emb_features if emb_features is not None else pca
+    assert embedding is not None
+    return BaseOutput(model, pseudo, probs, embedding, info)
