@@ -188,3 +188,126 @@ def test_validation_records_ready_with_facts_or_invalid_with_the_reason(settings
     with session_scope() as s:
         row = job_runs.get_checkpoint(s, ck_id)
         assert row is not None and row.reason == "path: stored path is outside the storage folder"
+
+
+def _job_with_dataset(settings: Settings, content: bytes, spec_extra: dict[str, Any] | None = None) -> str:
+    rel = f"datasets/{new_id('d')}/data.npz"
+    (settings.storage_dir / rel).parent.mkdir(parents=True)
+    (settings.storage_dir / rel).write_bytes(content)
+    ds_id, job_id = _rows(dataset_path=rel)
+    spec = {
+        "dataset_id": ds_id,
+        "num_clusters": 3,
+        "base": {
+            "method": "kmeans",
+            "backbone": "small_cnn",
+            "fit_epochs": 1,
+            "kmeans_restarts": 1,
+            "pca_dim": 8,
+        },
+        "refine": {"strategy": "confidence", "confidence_threshold": 0.5, "epochs": 3, "batch_size": 32},
+        "evaluate": {"attacks": [{"kind": "fgsm", "eps": [0.03]}], "attack_max_samples": 16},
+        **(spec_extra or {}),
+    }
+    with session_scope() as s:
+        s.execute(update(Dataset).where(Dataset.id == ds_id).values(status="ready"))
+        s.execute(update(Job).where(Job.id == job_id).values(spec=spec, total_epochs=3))
+    return job_id
+
+
+def _blobs_npz(n: int = 96) -> bytes:
+    """Three well-separated brightness classes of 8x8 grey images, labels 0..2."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 3
+    images = (labels[:, None, None, None] * 100 + rng.integers(0, 40, (n, 8, 8, 1))).astype(np.uint8)
+    return _npz(images=images, labels=labels)
+
+
+def test_run_job_delivery_stores_result_metrics_events_and_artifacts(settings: Settings) -> None:
+    from worker.job_runner import run_job_delivery, sha256_file
+
+    job_id = _job_with_dataset(settings, _blobs_npz())
+    assert run_job_delivery(job_id, settings=settings, device="cpu", owner="w1") == "succeeded"
+    assert run_job_delivery(job_id, settings=settings, device="cpu", owner="w2") == "dropped: finished"
+    with session_scope() as s:
+        job = job_runs.get_job(s, job_id)
+        messages = job_runs.list_event_messages(s, job_id)
+        from sqlalchemy import select
+
+        from api.db.models import Artifact, JobMetric
+
+        metrics = s.scalars(
+            select(JobMetric.epoch).where(JobMetric.job_id == job_id).order_by(JobMetric.epoch)
+        ).all()
+        artifacts = s.scalars(select(Artifact).where(Artifact.job_id == job_id)).all()
+    assert job is not None and job.status == "succeeded" and job.progress == 1.0 and job.epoch == 3
+    assert job.result is not None and {"base", "refined", "robustness", "clean_set"} <= set(job.result)
+    assert list(metrics) == [1, 2, 3]
+    stage_events = [m for m in messages if m.startswith("stage ")]
+    assert stage_events == [
+        f"stage {s}" for s in ("loading", "base_clustering", "sampling", "refining", "evaluating", "saving")
+    ]
+    assert messages[-1] == "job succeeded"
+    assert {a.name for a in artifacts} == {"refined_ensemble.safetensors", "assignments.csv", "result.json"}
+    for a in artifacts:
+        path = settings.storage_dir / a.path
+        assert a.path.startswith(f"jobs/{job_id}/artifacts/") and path.stat().st_size == a.size
+        assert sha256_file(path) == a.sha256
+    assert not (settings.storage_dir / "jobs" / job_id / "work").exists()
+
+
+def test_bad_input_fails_the_job_with_the_reason(settings: Settings) -> None:
+    from worker.job_runner import run_job_delivery
+
+    job_id = _job_with_dataset(settings, _npz(pixels=np.zeros((3, 8, 8, 1), np.uint8)))
+    assert run_job_delivery(job_id, settings=settings, device="cpu", owner="w1") == "failed"
+    with session_scope() as s:
+        job = job_runs.get_job(s, job_id)
+    assert job is not None and job.status == "failed" and job.lease_owner is None
+    assert job.error is not None and "images" in job.error
+
+
+def test_cancel_requested_mid_run_ends_cancelled_and_a_stolen_lease_writes_nothing(
+    settings: Settings,
+) -> None:
+    from worker import job_runner
+
+    def run_and_interfere(values: dict[str, Any], owner: str) -> tuple[str, Job]:
+        job_id = _job_with_dataset(
+            settings,
+            _blobs_npz(),
+            {
+                "refine": {
+                    "strategy": "confidence",
+                    "epochs": 200,
+                    "confidence_threshold": 0.5,
+                    "batch_size": 32,
+                }
+            },
+        )
+
+        def interfere() -> None:
+            wait = threading.Event()
+            while not wait.wait(0.1):
+                with session_scope() as s:
+                    job = job_runs.get_job(s, job_id)
+                    if job is not None and (job.epoch or 0) >= 1:
+                        s.execute(update(Job).where(Job.id == job_id).values(**values))
+                        return
+
+        t = threading.Thread(target=interfere, daemon=True)
+        t.start()
+        outcome = job_runner.run_job_delivery(job_id, settings=settings, device="cpu", owner=owner)
+        t.join(timeout=5)
+        with session_scope() as s:
+            job = job_runs.get_job(s, job_id)
+        assert job is not None
+        return outcome, job
+
+    outcome, job = run_and_interfere({"cancel_requested": True}, "w1")
+    assert outcome == "cancelled" and job.status == "cancelled" and job.result is None
+    assert job.epoch is not None and job.epoch < 200
+
+    outcome, job = run_and_interfere({"lease_owner": "thief"}, "w2")
+    assert outcome == "lease_lost"
+    assert job.status == "running" and job.lease_owner == "thief" and job.result is None
