@@ -30,19 +30,19 @@ BAR_WIDTH = 30
 DEMO_SPEC: dict[str, Any] = {
     "num_clusters": 10,
     "seed": 0,
-    "base": {"method": "kmeans", "backbone": "small_cnn", "fit_epochs": 30, "kmeans_restarts": 5},
+    "base": {"method": "kmeans", "backbone": "small_cnn", "fit_epochs": 10, "kmeans_restarts": 3},
     "refine": {
         "strategy": "confidence",
-        "confidence_threshold": 0.9,
-        "epochs": 30,
+        "confidence_threshold": 0.95,
+        "epochs": 20,
         "batch_size": 128,
         "lr": 0.05,
-        "lambda_u_rampup_epochs": 30,
-        "refurbish_every": 10,
+        "lambda_u_rampup_epochs": 20,
+        "refurbish_every": 5,
     },
     "evaluate": {
         "attacks": [{"kind": "fgsm", "eps": [2 / 255, 8 / 255]}, {"kind": "bim", "eps": [2 / 255, 8 / 255]}],
-        "attack_max_samples": 1797,
+        "attack_max_samples": 500,
     },
 }
 
