@@ -87,6 +87,18 @@ class PerfOptions:
     autocast_dtype: torch.dtype | None = None
 
 
+def default_perf(device: torch.device, spec: RefineSpec) -> PerfOptions:
+    """The arithmetic ``train_ruc`` uses unless told otherwise.
+
+    CUDA: channels_last, bf16 autocast when ``spec.mixed_precision``. CPU: float32, contiguous.
+    """
+    if device.type == "cuda":
+        return PerfOptions(
+            channels_last=True, autocast_dtype=torch.bfloat16 if spec.mixed_precision else None
+        )
+    return PerfOptions(channels_last=False, autocast_dtype=None)
+
+
 @dataclass
 class RucOutput:
     """Result of ``train_ruc``.
@@ -552,10 +564,9 @@ def train_ruc(
     _validate(base_model, images_u8, pseudo_labels, clean_mask, num_clusters)
     images = images_u8.to(dev)
     n, _, _, in_channels = images.shape
-    channels_last = perf.channels_last if perf.channels_last is not None else dev.type == "cuda"
-    autocast_dtype = perf.autocast_dtype
-    if autocast_dtype is None and dev.type == "cuda" and spec.mixed_precision:
-        autocast_dtype = torch.bfloat16
+    default = default_perf(dev, spec)
+    channels_last = perf.channels_last if perf.channels_last is not None else bool(default.channels_last)
+    autocast_dtype = perf.autocast_dtype if perf.autocast_dtype is not None else default.autocast_dtype
     if autocast_dtype == torch.float32:
         autocast_dtype = None
 

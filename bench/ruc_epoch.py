@@ -1,0 +1,230 @@
+"""Seconds per RUC epoch against the compute floor measured in the same run.
+
+    .venv/bin/python bench/ruc_epoch.py --n 1000 --batch 100 --epochs 1 --device cpu
+
+The RUC epoch is ``train_ruc``'s own per-epoch time (both networks, epoch-end refurbishing
+included; set-up and the final ensemble prediction excluded). The floor replays exactly the
+network passes of such an epoch on random tensors of the same shapes, and nothing else (no data
+conversion, augmentation, losses or optimiser steps). Per step of network k, with M weak views,
+B = batch size and a non-empty unclean set:
+
+    no grad, eval mode:  own network on [x, u, M weak views of u]           (2 + M) B images
+                         partner on [M weak views of x, M weak views of u]   2 M B images
+                         (in chunks of B on the CPU, 4B on a GPU)
+    with grad, train:    strong view of x (B), then the mixed batch in 2M chunks of B
+                         -> 1 + 2M forward+backward passes of B images
+    (co_training=False: the own forward also takes the M weak views of x; no partner forward)
+
+Each network makes ceil(|X| / B) steps; at the epoch end each network predicts the unclean set
+(eval, no grad, chunks of 4B). Peak RSS is the process's ru_maxrss after each stage.
+Variants: fp32, channels_last, bf16 autocast, channels_last + bf16 (floor for each; the RUC
+epoch for the default and, with --variant-epochs, for every variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from core.models import ClusteringModel, build_backbone
+from core.ruc import PerfOptions, train_ruc
+from core.ruc.trainer import INFERENCE_BATCH_FACTOR, default_perf, nograd_chunk_size
+from core.spec import RefineSpec
+
+VARIANTS: dict[str, PerfOptions] = {
+    "fp32": PerfOptions(channels_last=False, autocast_dtype=torch.float32),
+    "channels_last": PerfOptions(channels_last=True, autocast_dtype=torch.float32),
+    "bf16": PerfOptions(channels_last=False, autocast_dtype=torch.bfloat16),
+    "channels_last+bf16": PerfOptions(channels_last=True, autocast_dtype=torch.bfloat16),
+}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def make_inputs(n: int, k: int, clean_fraction: float, seed: int, device: torch.device) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8)
+    pseudo = torch.randint(0, k, (n,), generator=g)
+    clean = torch.rand(n, generator=g) < clean_fraction
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone, dim = build_backbone("resnet18_cifar", in_channels=3)
+        base = ClusteringModel(backbone, dim, k).to(device)
+    return {"images": images.to(device), "pseudo": pseudo, "clean": clean, "base": base}
+
+
+def ruc_epochs(
+    inputs: dict[str, Any], spec: RefineSpec, k: int, device: torch.device, perf: PerfOptions
+) -> list[dict]:
+    out = train_ruc(
+        inputs["base"],
+        inputs["images"],
+        inputs["pseudo"],
+        inputs["clean"],
+        spec,
+        num_clusters=k,
+        seed=0,
+        device=device,
+        perf=perf,
+    )
+    return out.per_epoch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def floor_epoch(
+    spec: RefineSpec,
+    k: int,
+    n_clean: int,
+    n_unclean: int,
+    device: torch.device,
+    perf: PerfOptions,
+    repeats: int = 1,
+) -> tuple[float, dict[str, int]]:
+    """Time the passes of one RUC epoch (see module doc) on random tensors; returns (seconds, counts)."""
+    bsz, views = spec.batch_size, spec.weak_augmentations
+    co = spec.co_training
+    n_nets = 2 if co else 1
+    fmt = torch.channels_last if perf.channels_last else torch.contiguous_format
+    dtype = perf.autocast_dtype if perf.autocast_dtype not in (None, torch.float32) else None
+    nets = []
+    for _ in range(n_nets):
+        backbone, dim = build_backbone("resnet18_cifar", in_channels=3)
+        nets.append(ClusteringModel(backbone, dim, k).to(device, memory_format=fmt))
+
+    def amp() -> Any:
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def rand(b: int) -> torch.Tensor:
+        return torch.rand(b, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+
+    has_u = n_unclean > 0
+    b_u = bsz if has_u else 0
+    own_n = 2 * bsz if has_u else bsz
+    own_n += views * b_u + (0 if co else views * bsz)
+    partner_n = views * (bsz + b_u) if co else 0
+    train_chunks = 1 + round(views * (bsz + b_u) / bsz)
+    steps = math.ceil(n_clean / bsz)
+    chunk = nograd_chunk_size(device, bsz)
+    inputs = {"own": rand(own_n), "partner": rand(partner_n) if partner_n else None, "chunk": rand(bsz)}
+    refurb = [rand(c.numel()) for c in torch.arange(n_unclean).split(INFERENCE_BATCH_FACTOR * bsz)]
+    counts = {
+        "steps_per_network": steps,
+        "nograd_images_per_step": own_n + partner_n,
+        "nograd_chunk": chunk,
+        "fwd_bwd_chunks_per_step": train_chunks,
+        "fwd_bwd_images_per_step": train_chunks * bsz,
+        "refurbish_images_per_network": n_unclean,
+    }
+
+    def one_epoch() -> None:
+        for kk in range(n_nets):
+            net, partner = nets[kk], nets[1 - kk] if co else None
+            for _ in range(steps):
+                net.eval()
+                with torch.no_grad(), amp():
+                    for part in inputs["own"].split(chunk):
+                        net(part).float()
+                    if partner is not None:
+                        partner.eval()
+                        for part in inputs["partner"].split(chunk):
+                            partner(part).float()
+                net.train()
+                for _ in range(train_chunks):
+                    with amp():
+                        out = net(inputs["chunk"])
+                    out.float().logsumexp(dim=1).mean().backward()
+                net.zero_grad(set_to_none=True)
+        for net in nets:
+            net.eval()
+            with torch.no_grad(), amp():
+                for x in refurb:
+                    net(x).float()
+
+    # warm-up: one step's worth, so one-time kernel/primitive creation is not timed
+    with torch.no_grad(), amp():
+        nets[0].eval()
+        nets[0](inputs["own"][:chunk])
+    nets[0].train()
+    with amp():
+        nets[0](inputs["chunk"]).float().sum().backward()
+    nets[0].zero_grad(set_to_none=True)
+    _sync(device)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        one_epoch()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--clusters", type=int, default=10)
+    ap.add_argument("--clean-fraction", type=float, default=0.6)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
+    ap.add_argument("--variant-epochs", action="store_true", help="also run a RUC epoch for every variant")
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    spec = RefineSpec(epochs=args.epochs, batch_size=args.batch)
+    inputs = make_inputs(args.n, args.clusters, args.clean_fraction, 0, device)
+    n_clean = int(inputs["clean"].sum())
+    print(
+        f"device={device} threads={torch.get_num_threads()} n={args.n} batch={args.batch} "
+        f"clean={n_clean} unclean={args.n - n_clean} clusters={args.clusters} backbone=resnet18_cifar 32x32x3"
+    )
+    default = default_perf(device, spec)
+    default_name = next((name for name, p in VARIANTS.items() if _same(p, default)), "default")
+    print(f"train_ruc's default on this device: {default_name} ({default})")
+
+    names = [v for v in args.variants.split(",") if v]
+    order = [default_name] + [v for v in names if v != default_name]
+    for name in order:
+        perf = VARIANTS.get(name, default)
+        line = f"[{name}]"
+        if name == default_name or args.variant_epochs:
+            per_epoch = ruc_epochs(inputs, spec, args.clusters, device, perf)
+            secs = [m["seconds"] for m in per_epoch]
+            epoch_s = sum(secs) / len(secs)
+            n_unclean = args.n - per_epoch[0]["clean_size"] + per_epoch[0]["refurbished"]
+            rss_ruc = peak_rss_mb()
+            floor_s, counts = floor_epoch(spec, args.clusters, n_clean, n_unclean, device, perf)
+            line += (
+                f" RUC epoch {epoch_s:.2f} s (epochs: {', '.join(f'{s:.2f}' for s in secs)})"
+                f" | floor {floor_s:.2f} s"
+                f" | ratio {epoch_s / floor_s:.3f} | peak RSS after RUC {rss_ruc:.0f} MB"
+            )
+        else:
+            floor_s, counts = floor_epoch(spec, args.clusters, n_clean, args.n - n_clean, device, perf)
+            line += f" floor {floor_s:.2f} s"
+        print(line, flush=True)
+    print(f"pass counts: {counts}")
+    print(f"peak RSS (whole process) {peak_rss_mb():.0f} MB")
+
+
+def _same(a: PerfOptions, b: PerfOptions) -> bool:
+    norm = {None: None, torch.float32: None}
+    return a.channels_last == b.channels_last and norm.get(a.autocast_dtype, a.autocast_dtype) == norm.get(
+        b.autocast_dtype, b.autocast_dtype
+    )
+
+
+if __name__ == "__main__":
+    main()
