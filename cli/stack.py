@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -89,6 +90,8 @@ class EmbeddedStack:
 
         settings = get_settings()
         settings.ensure_dirs()
+        # Alembic logs a line per plugin and revision at INFO; `up` and `demo` print their own status.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         upgrade_head(settings.database_url)
 
     def create_key(self, name: str) -> str:
