@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import resource
 import time
 from contextlib import nullcontext
@@ -43,6 +44,12 @@ VARIANTS: dict[str, PerfOptions] = {
     "bf16": PerfOptions(channels_last=False, autocast_dtype=torch.bfloat16),
     "channels_last+bf16": PerfOptions(channels_last=True, autocast_dtype=torch.bfloat16),
 }
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process: less sensitive than wall time to other load."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def peak_rss_mb() -> float:
@@ -90,9 +97,12 @@ def floor_epoch(
     n_unclean: int,
     device: torch.device,
     perf: PerfOptions,
-    repeats: int = 1,
+    max_steps: int | None = None,
 ) -> tuple[float, dict[str, int]]:
-    """Time the passes of one RUC epoch (see module doc) on random tensors; returns (seconds, counts)."""
+    """Time the passes of one RUC epoch (see module doc) on random tensors; returns (seconds, counts).
+
+    max_steps: time only that many steps (and one refurbish chunk) and extrapolate to the epoch.
+    """
     bsz, views = spec.batch_size, spec.weak_augmentations
     co = spec.co_training
     n_nets = 2 if co else 1
@@ -128,31 +138,31 @@ def floor_epoch(
         "refurbish_images_per_network": n_unclean,
     }
 
-    def one_epoch() -> None:
-        for kk in range(n_nets):
-            net, partner = nets[kk], nets[1 - kk] if co else None
-            for _ in range(steps):
-                net.eval()
-                with torch.no_grad(), amp():
-                    for part in inputs["own"].split(chunk):
-                        net(part).float()
-                    if partner is not None:
-                        partner.eval()
-                        for part in inputs["partner"].split(chunk):
-                            partner(part).float()
-                net.train()
-                for _ in range(train_chunks):
-                    with amp():
-                        out = net(inputs["chunk"])
-                    out.float().logsumexp(dim=1).mean().backward()
-                net.zero_grad(set_to_none=True)
+    def step(kk: int) -> None:
+        net, partner = nets[kk], nets[1 - kk] if co else None
+        net.eval()
+        with torch.no_grad(), amp():
+            for part in inputs["own"].split(chunk):
+                net(part).float()
+            if partner is not None:
+                partner.eval()
+                for part in inputs["partner"].split(chunk):
+                    partner(part).float()
+        net.train()
+        for _ in range(train_chunks):
+            with amp():
+                out = net(inputs["chunk"])
+            out.float().logsumexp(dim=1).mean().backward()
+        net.zero_grad(set_to_none=True)
+
+    def refurbish(parts: list[torch.Tensor]) -> None:
         for net in nets:
             net.eval()
             with torch.no_grad(), amp():
-                for x in refurb:
+                for x in parts:
                     net(x).float()
 
-    # warm-up: one step's worth, so one-time kernel/primitive creation is not timed
+    # warm-up, so one-time kernel/primitive creation is not timed
     with torch.no_grad(), amp():
         nets[0].eval()
         nets[0](inputs["own"][:chunk])
@@ -161,13 +171,21 @@ def floor_epoch(
         nets[0](inputs["chunk"]).float().sum().backward()
     nets[0].zero_grad(set_to_none=True)
     _sync(device)
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        one_epoch()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best, counts
+
+    total_steps = n_nets * steps
+    timed_steps = total_steps if max_steps is None else min(max_steps, total_steps)
+    t0 = time.perf_counter()
+    for i in range(timed_steps):
+        step((i * n_nets) // total_steps)
+    _sync(device)
+    step_s = (time.perf_counter() - t0) / timed_steps
+    parts = refurb if max_steps is None else refurb[:1]
+    t0 = time.perf_counter()
+    refurbish(parts)
+    _sync(device)
+    refurb_s = (time.perf_counter() - t0) * (len(refurb) / max(len(parts), 1))
+    counts["timed_steps"] = timed_steps
+    return step_s * total_steps + refurb_s, counts
 
 
 def main() -> None:
@@ -180,12 +198,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
     ap.add_argument("--variant-epochs", action="store_true", help="also run a RUC epoch for every variant")
+    ap.add_argument("--variant-steps", type=int, default=2, help="steps timed for the other variants' floors")
     args = ap.parse_args()
+    rss_imports = peak_rss_mb()
 
     device = torch.device(args.device)
     spec = RefineSpec(epochs=args.epochs, batch_size=args.batch)
     inputs = make_inputs(args.n, args.clusters, args.clean_fraction, 0, device)
     n_clean = int(inputs["clean"].sum())
+    print(f"load average at start: {os.getloadavg()}")
     print(
         f"device={device} threads={torch.get_num_threads()} n={args.n} batch={args.batch} "
         f"clean={n_clean} unclean={args.n - n_clean} clusters={args.clusters} backbone=resnet18_cifar 32x32x3"
@@ -200,23 +221,31 @@ def main() -> None:
         perf = VARIANTS.get(name, default)
         line = f"[{name}]"
         if name == default_name or args.variant_epochs:
+            cpu0 = cpu_seconds()
             per_epoch = ruc_epochs(inputs, spec, args.clusters, device, perf)
+            ruc_cpu = cpu_seconds() - cpu0
             secs = [m["seconds"] for m in per_epoch]
             epoch_s = sum(secs) / len(secs)
             n_unclean = args.n - per_epoch[0]["clean_size"] + per_epoch[0]["refurbished"]
             rss_ruc = peak_rss_mb()
+            cpu0 = cpu_seconds()
             floor_s, counts = floor_epoch(spec, args.clusters, n_clean, n_unclean, device, perf)
+            floor_cpu = cpu_seconds() - cpu0
             line += (
                 f" RUC epoch {epoch_s:.2f} s (epochs: {', '.join(f'{s:.2f}' for s in secs)})"
                 f" | floor {floor_s:.2f} s"
                 f" | ratio {epoch_s / floor_s:.3f} | peak RSS after RUC {rss_ruc:.0f} MB"
+                f" | CPU s: train_ruc (set-up, final prediction incl.) {ruc_cpu:.1f}, floor {floor_cpu:.1f}"
             )
         else:
-            floor_s, counts = floor_epoch(spec, args.clusters, n_clean, args.n - n_clean, device, perf)
-            line += f" floor {floor_s:.2f} s"
+            floor_s, counts = floor_epoch(
+                spec, args.clusters, n_clean, args.n - n_clean, device, perf, max_steps=args.variant_steps
+            )
+            line += f" floor {floor_s:.2f} s (extrapolated from {counts['timed_steps']} step(s))"
         print(line, flush=True)
     print(f"pass counts: {counts}")
-    print(f"peak RSS (whole process) {peak_rss_mb():.0f} MB")
+    print(f"load average now: {os.getloadavg()}")
+    print(f"peak RSS (whole process) {peak_rss_mb():.0f} MB; after imports alone {rss_imports:.0f} MB")
 
 
 def _same(a: PerfOptions, b: PerfOptions) -> bool:
