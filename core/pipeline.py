@@ -254,7 +254,7 @@ def _save_ensemble(ruc: RucOutput, base: BaseOutput, spec: JobSpec, path: Path) 
         "kind": "ruc_ensemble",
         "nets": str(len(ruc.models)),
         "backbone": str(first.backbone_name),
-        "num_clusters": str(spec.num_clusters),
+        "num_clusters": str(first.num_clusters),
         "in_channels": str(getattr(first.backbone, "in_channels", "")),
         "mean": json.dumps(first.mean.flatten().tolist()),
         "std": json.dumps(first.std.flatten().tolist()),
@@ -309,7 +309,6 @@ def run_job(
     work_dir.mkdir(parents=True, exist_ok=True)
     stage = _Stages(hooks)
     notes: list[str] = list(getattr(dataset, "notes", []) or [])
-    k = spec.num_clusters
 
     def warn(msg: str) -> None:
         notes.append(msg)
@@ -320,9 +319,10 @@ def run_job(
         _seed_everything(spec.seed)
         if dataset.n < 2:
             raise CoreInputError("images", f"a job needs at least 2 images, the dataset has {dataset.n}")
-        if k > dataset.n:
+        if spec.num_clusters is not None and spec.num_clusters > dataset.n:
             raise CoreInputError(
-                "num_clusters", f"{k} clusters requested but the dataset has only {dataset.n} images"
+                "num_clusters",
+                f"{spec.num_clusters} clusters requested but the dataset has only {dataset.n} images",
             )
         images_u8 = dataset.images.to(dev)  # (N, H, W, C) uint8, stays on the device
         y = dataset.labels.cpu().numpy() if dataset.labels is not None else None
@@ -340,6 +340,8 @@ def run_job(
         hooks.on_progress(1.0, None, None)
         if base_cached:
             hooks.on_event("info", "base clustering reused from the job's cache (resumed job)")
+        # K as the base produced it (the spec's num_clusters, or an estimate when it has none).
+        k = int(base.probs.shape[1])
 
     # -- sampling ------------------------------------------------------------------------------
     with stage("sampling"):

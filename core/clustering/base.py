@@ -235,10 +235,10 @@ def _check_channels(backbone: nn.Module, channels: int, field_name: str) -> None
 
 
 def _new_base_model(
-    spec: JobSpec, emb_model: EmbeddingModel | None, images01: torch.Tensor
+    spec: JobSpec, k: int, emb_model: EmbeddingModel | None, images01: torch.Tensor
 ) -> tuple[ClusteringModel, str]:
-    """Fresh ClusteringModel: the embedding model's backbone (copied) if uploaded, else a new one."""
-    k = spec.num_clusters
+    """Fresh ClusteringModel with K heads' outputs: the embedding model's backbone (copied) if
+    uploaded, else a new backbone of ``spec.base.backbone`` or the default for the image size."""
     if emb_model is not None:
         bb = copy.deepcopy(emb_model.backbone)
         model = ClusteringModel(
@@ -316,7 +316,15 @@ def run_base(
     hooks = hooks or RunHooks()
     checkpoint_paths = checkpoint_paths or {}
     dev = torch.device(device)
+    if spec.base.method not in ("kmeans", "labels", "checkpoint"):
+        raise CoreInputError(
+            "base.method", f"run_base handles kmeans, labels and checkpoint, not {spec.base.method!r}"
+        )
     k = spec.num_clusters
+    if k is None:
+        raise CoreInputError(
+            "num_clusters", "run_base needs num_clusters (base.auto_k is resolved before it)"
+        )
     if dataset.n < k:
         raise CoreInputError(
             "num_clusters", f"{k} clusters requested but the dataset has only {dataset.n} images"
@@ -380,7 +388,7 @@ def run_base(
         raise CoreInputError("base.method", f"unknown method {spec.base.method!r}")
     hooks.on_progress(0.2, None, None)
 
-    model, bb_source = _new_base_model(spec, emb_model, images01)
+    model, bb_source = _new_base_model(spec, k, emb_model, images01)
     model = model.to(dev)
     losses = fit_base_network(
         model,
