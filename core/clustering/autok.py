@@ -51,6 +51,7 @@ __all__ = [
     "gmeans_k",
     "silhouette_k",
     "silhouette_score",
+    "spectral_embedding",
     "xmeans_k",
 ]
 
@@ -150,10 +151,9 @@ def _knn_dists(x: torch.Tensor, k: int, *, chunk_size: int = 2048) -> tuple[torc
     return dists, idx
 
 
-def eigengap_k(x: torch.Tensor, k_min: int, k_max: int) -> tuple[int, dict[str, Any]]:
-    """Largest gap lambda_{k+1} - lambda_k of the normalised Laplacian's spectrum, k in [k_min, k_max]."""
+def _normalised_affinity(x: torch.Tensor) -> Any:
+    """D^-1/2 W D^-1/2 (scipy CSR, float64) of the symmetric self-tuning kNN graph of x (N, D)."""
     from scipy import sparse
-    from scipy.sparse.linalg import eigsh
 
     n = x.shape[0]
     nn_k = min(_GRAPH_KNN, n - 1)
@@ -167,18 +167,54 @@ def eigengap_k(x: torch.Tensor, k_min: int, k_max: int) -> tuple[int, dict[str, 
     a = a.maximum(a.T).tocsr()  # symmetric kNN graph: an edge when either end lists the other
     deg = np.asarray(a.sum(1)).ravel()
     dinv = sparse.diags(1.0 / np.sqrt(np.maximum(deg, 1e-12)))
-    m = dinv @ a @ dinv  # normalised affinity; L = I - M has eigenvalues 1 - mu
-    n_eig = min(k_max + 1, n - 1)
+    return (dinv @ a @ dinv).tocsr()
+
+
+def _top_eigen(m: Any, count: int, vectors: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``count`` largest eigenvalues (descending) of symmetric m, and eigenvectors (N, count)."""
+    from scipy.sparse.linalg import eigsh
+
+    n = m.shape[0]
     if n <= _DENSE_EIG_MAX:
-        mu = np.linalg.eigvalsh(m.toarray())[::-1][:n_eig]
-    else:
-        mu = np.sort(eigsh(m, k=n_eig, which="LA", return_eigenvectors=False, tol=1e-6))[::-1]
+        if vectors:
+            vals, vecs = np.linalg.eigh(m.toarray())
+            return vals[::-1][:count], vecs[:, ::-1][:, :count]
+        return np.linalg.eigvalsh(m.toarray())[::-1][:count], None
+    if vectors:
+        vals, vecs = eigsh(m, k=count, which="LA", tol=1e-6, v0=np.ones(n))
+        order = np.argsort(vals)[::-1]
+        return vals[order], vecs[:, order]
+    vals = eigsh(m, k=count, which="LA", return_eigenvectors=False, tol=1e-6, v0=np.ones(n))
+    return np.sort(vals)[::-1], None
+
+
+def spectral_embedding(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Laplacian eigenmap of x (N, D): the ``dim`` leading eigenvectors of the normalised affinity
+    of the self-tuning kNN graph, rows L2-normalised (Ng, Jordan & Weiss 2001). (N, dim) float32.
+
+    Deterministic: dense LAPACK up to 3000 points, Lanczos from a fixed start vector above; each
+    eigenvector's sign is fixed (largest |entry| positive)."""
+    m = _normalised_affinity(x)
+    _, vecs = _top_eigen(m, min(dim, x.shape[0] - 1), vectors=True)
+    assert vecs is not None
+    sign = np.sign(vecs[np.abs(vecs).argmax(0), np.arange(vecs.shape[1])])
+    vecs = vecs * np.where(sign == 0, 1.0, sign)
+    v = torch.from_numpy(np.ascontiguousarray(vecs)).float()
+    return torch.nn.functional.normalize(v, dim=1)
+
+
+def eigengap_k(x: torch.Tensor, k_min: int, k_max: int) -> tuple[int, dict[str, Any]]:
+    """Largest gap lambda_{k+1} - lambda_k of the normalised Laplacian's spectrum, k in [k_min, k_max]."""
+    n = x.shape[0]
+    m = _normalised_affinity(x)  # L = I - M has eigenvalues 1 - mu
+    n_eig = min(k_max + 1, n - 1)
+    mu, _ = _top_eigen(m, n_eig, vectors=False)
     lam = 1.0 - mu  # ascending Laplacian eigenvalues lambda_1..lambda_n_eig
     gaps = {k: float(lam[k] - lam[k - 1]) for k in range(k_min, min(k_max, n_eig - 1) + 1)}
     if not gaps:
         return k_min, {"eigenvalues": [round(float(v), 6) for v in lam]}
     best = max(gaps, key=lambda kk: (gaps[kk], -kk))
-    return best, {"eigenvalues": [round(float(v), 6) for v in lam], "graph_knn": nn_k}
+    return best, {"eigenvalues": [round(float(v), 6) for v in lam], "graph_knn": min(_GRAPH_KNN, n - 1)}
 
 
 # ----------------------------------------------------------------------------------------------

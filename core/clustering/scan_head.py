@@ -103,18 +103,15 @@ def run_scan(
     for epoch in range(cfg.epochs):
         hooks.check_stop("base_clustering:scan")
         perm = torch.randperm(n, generator=gen)
+        pick = torch.randint(k_nn, (n,), generator=gen)  # SCAN: one random neighbour per anchor visit
         running = torch.zeros(cfg.heads)
         batches = 0
         for s in range(0, n, bs):
             idx = perm[s : s + bs]
             if idx.numel() < 2:
                 continue
-            idx = idx.to(dev)
-            # Every anchor meets all its k neighbours at once (lower-variance than SCAN's one
-            # random neighbour per visit; same expectation).
-            nb = nbrs[idx].flatten()  # (B*k,)
-            la = heads(x[idx]).repeat_interleave(k_nn, dim=1)  # (H, B*k, K)
-            losses = scan_loss(la, heads(x[nb]), cfg.entropy_weight)[0]  # (H,)
+            nb = nbrs[idx.to(dev), pick[idx].to(dev)]  # (B,)
+            losses = scan_loss(heads(x[idx.to(dev)]), heads(x[nb]), cfg.entropy_weight)[0]  # (H,)
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             opt.step()
