@@ -4,20 +4,30 @@ kmeans      k-means (k-means++, restarts) on the uploaded embedding model's feat
             of the raw pixels scaled to [0, 1]; then a *base network* is fitted to those labels.
 labels      uploaded assignments (hard (N,) or soft (N, K)); the same base network is fitted to them.
 checkpoint  an uploaded SCAN-layout clustering model is the base network as is.
+scan, dec, idec, dcn, gcc, and
+            a registered base method (core.clustering.methods) on the same features as kmeans;
+            its pseudo-labels are the targets of the base network, its embedding the one the
+            metric strategy searches.
+
+With ``base.auto_k`` (kmeans and the registered methods) K is estimated first on those features
+(core.clustering.autok); the chosen K and every estimator's vote land in ``info["auto_k"]``.
 
 The base network (backbone + linear head, ``ClusteringModel``) is trained with plain cross-entropy
 on the pseudo-labels under weak augmentation. Like the deep clustering models RUC is meant to fix,
 it ends up overconfident: its softmax on the unaugmented images gives ``probs`` (used by the
 confidence strategy and for the base model's ECE) and its argmax the pseudo-labels RUC refines.
 
-The embedding for the metric strategy is the uploaded embedding model's output when there is one;
-otherwise the PCA features (kmeans, labels) or the clustering model's backbone features (checkpoint).
+The embedding for the metric strategy is the registered method's embedding; for the others the
+uploaded embedding model's output when there is one, otherwise the PCA features (kmeans, labels) or
+the clustering model's backbone features (checkpoint).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.augment import weak_augment
+from core.clustering.autok import estimate_k
 from core.clustering.kmeans import kmeans
+from core.clustering.methods import METHODS, MethodInputs, run_method
 from core.errors import CoreInputError
 from core.hooks import RunHooks
 from core.models import (
@@ -68,6 +80,13 @@ INFER_BATCH_SIZE = 1024
 # PCA: exact eigendecomposition of the covariance up to this many pixel features, randomised above
 # (a (D, D) float64 covariance at D = 4096 is 128 MiB).
 EXACT_PCA_MAX_DIM = 4096
+# Progress of the base_clustering stage (fractions): features up to 0.05, then the K estimate, the
+# clustering itself, and fitting the base network. A registered method trains for many epochs, so it
+# gets the larger share; k-means is quick next to fitting.
+_P_FEATURES = 0.05
+_P_AUTO_K = 0.1
+_P_CLUSTER_KMEANS = 0.2
+_P_CLUSTER_METHOD = 0.6
 
 
 @dataclass
@@ -204,6 +223,18 @@ def fit_base_network(
     return losses
 
 
+def _sub_hooks(
+    hooks: RunHooks, lo: float, hi: float, *, on_epoch: Callable[[dict[str, Any]], None] | None
+) -> RunHooks:
+    """``hooks`` with progress mapped into [lo, hi] of the stage, without epoch numbers (they
+    would read as RUC's epochs), and epoch rows sent to ``on_epoch`` (None drops them)."""
+
+    def progress(fraction: float, _epoch: int | None, _total: int | None) -> None:
+        hooks.on_progress(lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0), None, None)
+
+    return dataclasses.replace(hooks, on_progress=progress, on_epoch=on_epoch or (lambda _row: None))
+
+
 def _checkpoint_path(checkpoint_paths: dict[str, Path], ckpt_id: str, field_name: str) -> Path:
     path = checkpoint_paths.get(ckpt_id)
     if path is None:
@@ -316,31 +347,33 @@ def run_base(
     hooks = hooks or RunHooks()
     checkpoint_paths = checkpoint_paths or {}
     dev = torch.device(device)
-    if spec.base.method not in ("kmeans", "labels", "checkpoint"):
+    method = spec.base.method
+    if method not in ("kmeans", "labels", "checkpoint", *METHODS):
         raise CoreInputError(
-            "base.method", f"run_base handles kmeans, labels and checkpoint, not {spec.base.method!r}"
+            "base.method",
+            f"unknown base method {method!r}; choose one of "
+            f"{sorted(('kmeans', 'labels', 'checkpoint', *METHODS))}",
         )
     k = spec.num_clusters
-    if k is None:
-        raise CoreInputError(
-            "num_clusters", "run_base needs num_clusters (base.auto_k is resolved before it)"
-        )
-    if dataset.n < k:
+    if k is None and spec.base.auto_k is None:
+        raise CoreInputError("num_clusters", "is required unless base.auto_k is given")
+    if k is not None and dataset.n < k:
         raise CoreInputError(
             "num_clusters", f"{k} clusters requested but the dataset has only {dataset.n} images"
         )
     torch.manual_seed(spec.seed)
     images01 = dataset.to_float(dev)  # (N, C, H, W)
-    info: dict[str, Any] = {"method": spec.base.method}
+    info: dict[str, Any] = {"method": method}
 
     emb_model = _load_embedding(spec, checkpoint_paths, dataset.channels)
     emb_features: torch.Tensor | None = None
     if emb_model is not None:
         emb_model = emb_model.to(dev).eval()
         emb_features = embed_images(emb_model, images01)  # (N, features_dim), unit norm
-    hooks.on_progress(0.05, None, None)
 
-    if spec.base.method == "checkpoint":
+    if method == "checkpoint":
+        assert k is not None  # BaseSpec forbids auto_k with checkpoint
+        hooks.on_progress(_P_FEATURES, None, None)
         ckpt_id = spec.base.clustering_checkpoint_id
         assert ckpt_id is not None  # BaseSpec's validator
         field_name = "base.clustering_checkpoint_id"
@@ -361,18 +394,39 @@ def run_base(
             embedding = embed_images(model.features, images01)
             info["embedding_source"] = "clustering_checkpoint_backbone"
         info["backbone"] = model.backbone_name
+        info["num_clusters"] = k
         hooks.on_progress(1.0, None, None)
         return BaseOutput(model, probs.argmax(1), probs, embedding, info)
 
-    # kmeans and labels share everything but where the targets come from.
+    # Every other method clusters fixed features: the embedding model's, else a PCA of the pixels.
     pca: torch.Tensor | None = None
     if emb_features is None:
         pca, pca_info = pca_features(images01, spec.base.pca_dim)
         info["pca"] = pca_info
-    if spec.base.method == "kmeans":
-        feats = emb_features if emb_features is not None else pca
-        assert feats is not None
-        info["feature_source"] = "embedding_checkpoint" if emb_features is not None else "pca"
+    feats = emb_features if emb_features is not None else pca
+    assert feats is not None
+    feature_source = "embedding_checkpoint" if emb_features is not None else "pca"
+    hooks.on_progress(_P_FEATURES, None, None)
+
+    if k is None:
+        assert spec.base.auto_k is not None
+        if dataset.n < 3:
+            raise CoreInputError("base.auto_k", f"needs at least 3 images; the dataset has {dataset.n}")
+        ak = estimate_k(
+            feats,
+            spec.base.auto_k,
+            seed=spec.seed,
+            hooks=_sub_hooks(hooks, _P_FEATURES, _P_AUTO_K, on_epoch=None),
+        )
+        k = ak.k
+        info["auto_k"] = ak.as_dict()
+        hooks.on_event("info", f"auto_k chose K={k} (votes {ak.votes})")
+    info["num_clusters"] = k
+    p_start = _P_AUTO_K if "auto_k" in info else _P_FEATURES
+
+    method_embedding: torch.Tensor | None = None
+    if method == "kmeans":
+        info["feature_source"] = feature_source
         km = kmeans(feats, k, restarts=spec.base.kmeans_restarts, seed=spec.seed, device=dev)
         targets: torch.Tensor = km.labels
         info["kmeans"] = {
@@ -381,12 +435,33 @@ def run_base(
             "iterations": km.n_iter,
             "cluster_sizes": torch.bincount(km.labels, minlength=k).tolist(),
         }
-    elif spec.base.method == "labels":
+        p_fit = _P_CLUSTER_KMEANS
+    elif method == "labels":
         targets = _assignment_targets(dataset, k, dev)
         info["assignments"] = "probabilities" if targets.ndim == 2 else "hard"
-    else:  # pragma: no cover - the spec's Literal forbids it
-        raise CoreInputError("base.method", f"unknown method {spec.base.method!r}")
-    hooks.on_progress(0.2, None, None)
+        p_fit = _P_CLUSTER_KMEANS
+    else:
+        info["feature_source"] = feature_source
+        # Base-stage epochs are kept in the result, away from hooks.on_epoch: the worker stores
+        # those as per-epoch metric rows keyed by RUC's epoch.
+        per_epoch: list[dict[str, Any]] = []
+        res = run_method(
+            method,
+            MethodInputs(images01, feats, emb_model, feature_source),
+            spec.base,
+            num_clusters=k,
+            seed=spec.seed,
+            hooks=_sub_hooks(hooks, p_start, _P_CLUSTER_METHOD, on_epoch=per_epoch.append),
+        )
+        targets = res.pseudo_labels
+        method_embedding = res.embedding.float()
+        info[method] = {
+            **res.info,
+            "cluster_sizes": torch.bincount(res.pseudo_labels, minlength=k).tolist(),
+            "per_epoch": per_epoch,
+        }
+        p_fit = _P_CLUSTER_METHOD
+    hooks.on_progress(p_fit, None, None)
 
     model, bb_source = _new_base_model(spec, k, emb_model, images01)
     model = model.to(dev)
@@ -397,7 +472,7 @@ def run_base(
         epochs=spec.base.fit_epochs,
         seed=spec.seed,
         hooks=hooks,
-        progress=(0.2, 1.0),
+        progress=(p_fit, 1.0),
     )
     probs = predict_probs(model, images01)
     pseudo = probs.argmax(1)
@@ -410,9 +485,8 @@ def run_base(
             "fit_final_loss": losses[-1] if losses and math.isfinite(losses[-1]) else None,
             # how far the fitted network moved from the labels it was fitted to
             "agreement_with_targets": float((pseudo == hard_targets).float().mean()),
-            "embedding_source": "embedding_checkpoint" if emb_features is not None else "pca",
+            "embedding_source": f"{method}_embedding" if method_embedding is not None else feature_source,
         }
     )
-    embedding = emb_features if emb_features is not None else pca
-    assert embedding is not None
+    embedding = method_embedding if method_embedding is not None else feats
     return BaseOutput(model, pseudo, probs, embedding, info)
