@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 BackboneName = Literal["resnet18_cifar", "resnet18", "resnet34", "resnet50", "small_cnn"]
 
@@ -300,8 +309,21 @@ class JobSpec(_Spec):
 
     @model_validator(mode="after")
     def _cluster_count(self) -> JobSpec:
+        problem = None
         if self.num_clusters is None and self.base.auto_k is None:
-            raise ValueError("num_clusters is required unless base.auto_k is given")
-        if self.num_clusters is not None and self.base.auto_k is not None:
-            raise ValueError("give either num_clusters or base.auto_k, not both")
+            problem = "num_clusters is required unless base.auto_k is given"
+        elif self.num_clusters is not None and self.base.auto_k is not None:
+            problem = "give either num_clusters or base.auto_k, not both"
+        if problem is not None:
+            # A ValueError here would be located at the whole body; the client fixes num_clusters.
+            raise ValidationError.from_exception_data(
+                "JobSpec",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("value_error", problem),
+                        loc=("num_clusters",),
+                        input=self.num_clusters,
+                    )
+                ],
+            )
         return self

@@ -42,7 +42,8 @@ def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> None:
         )
     facts = dataset.facts or {}
     count = facts.get("count")
-    if isinstance(count, int) and spec.num_clusters > count:
+    # num_clusters is None when base.auto_k estimates it; the estimate never exceeds the image count.
+    if isinstance(count, int) and spec.num_clusters is not None and spec.num_clusters > count:
         raise field_error(422, "num_clusters", f"{spec.num_clusters} clusters for {count} images")
     if spec.base.method == "labels" and not facts.get("has_assignments"):
         raise field_error(
@@ -64,7 +65,12 @@ def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> None:
         if ck.kind != kind:
             raise field_error(422, field, f"checkpoint is a {ck.kind} model, a {kind} model is needed")
         info_k = (ck.info or {}).get("num_clusters")
-        if kind == "clustering" and isinstance(info_k, int) and info_k != spec.num_clusters:
+        if (
+            kind == "clustering"
+            and isinstance(info_k, int)
+            and spec.num_clusters is not None
+            and info_k != spec.num_clusters
+        ):
             raise ProblemError(
                 422,
                 f"num_clusters {spec.num_clusters} differs from the checkpoint's {info_k}",
