@@ -15,9 +15,12 @@ DCN  (Yang et al. 2017)  reconstruction + dcn_weight/2 ||z_i - mu_{s_i}||^2 with
 
 BRB (Miklautz et al., ICLR 2025): every ``reset_interval`` clustering epochs (T), the encoder's
 weights are soft-reset theta <- alpha theta + (1 - alpha) theta_rand with a fresh random
-initialisation theta_rand, then (``recluster``) k-means in the new latent space re-places the
-centroids, and (``reset_momentum``) the centroids' optimiser state is cleared (Adam moments for
-DEC/IDEC; the per-cluster counts that set DCN's centroid step).
+initialisation theta_rand (all encoder layers but the embedding layer, BRB's default for MLP
+autoencoders), then (``recluster``) k-means in the new latent space re-places the centroids and
+DEC's target is recomputed from them, and (``reset_momentum``) the centroids' optimiser momentum
+is zeroed (Adam moments for DEC/IDEC, step count kept as in BRB; the per-cluster counts that set
+DCN's centroid step). Resets happen at epochs T, 2T, ... < epochs, so when T divides the budget
+the last one is followed by T epochs of recovery; the assignment is read after the last epoch.
 
 Outputs: probs = Q for DEC/IDEC; for DCN a softmax over negative squared latent distances with
 temperature = mean squared distance to the own centroid (as core.clustering.kmeans). The
@@ -44,6 +47,7 @@ __all__ = [
     "deep_cluster",
     "input_vectors",
     "pretrain_autoencoder",
+    "reset_adam_moments",
     "run_dcn",
     "run_dec",
     "run_idec",
@@ -71,18 +75,26 @@ def target_distribution(q: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def soft_reset(module: nn.Module, alpha: float, gen: torch.Generator) -> None:
-    """theta <- alpha * theta + (1 - alpha) * theta_rand for every Linear/Conv layer of ``module``;
-    theta_rand is a fresh default (Kaiming-uniform) initialisation drawn from ``gen``."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Linear | nn.Conv2d):
-            fan_in = layer.weight[0].numel()
-            bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default init range for weight (a=sqrt(5)) and bias
-            rand_w = (torch.rand(layer.weight.shape, generator=gen) * 2 - 1) * bound
-            layer.weight.mul_(alpha).add_((1 - alpha) * rand_w.to(layer.weight.device))
-            if layer.bias is not None:
-                rand_b = (torch.rand(layer.bias.shape, generator=gen) * 2 - 1) * bound
-                layer.bias.mul_(alpha).add_((1 - alpha) * rand_b.to(layer.bias.device))
+def soft_reset(
+    module: nn.Module, alpha: float, gen: torch.Generator, *, reset_embedding: bool = False
+) -> list[str]:
+    """theta <- alpha * theta + (1 - alpha) * phi for the Linear/Conv layers of ``module``.
+
+    phi is a fresh draw from PyTorch's default initialisation of that layer (weight and bias
+    U(-b, b), b = 1 / sqrt(fan_in)) from ``gen``. As in BRB's defaults (reset_embedding off), the
+    last layer, the one that outputs the embedding z, keeps its weights: the reset perturbs the
+    features it reads rather than rotating the latent space itself. Returns the reset layers' names."""
+    layers = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    if not reset_embedding:
+        layers = layers[:-1]
+    for _, layer in layers:
+        bound = 1.0 / math.sqrt(layer.weight[0].numel())
+        rand_w = (torch.rand(layer.weight.shape, generator=gen) * 2 - 1) * bound
+        layer.weight.mul_(alpha).add_((1 - alpha) * rand_w.to(layer.weight.device))
+        if layer.bias is not None:
+            rand_b = (torch.rand(layer.bias.shape, generator=gen) * 2 - 1) * bound
+            layer.bias.mul_(alpha).add_((1 - alpha) * rand_b.to(layer.bias.device))
+    return [name for name, _ in layers]
 
 
 def input_vectors(inputs: MethodInputs) -> tuple[torch.Tensor, str]:
@@ -176,13 +188,13 @@ def deep_cluster(
     for epoch in range(cfg.epochs):
         hooks.check_stop(f"base_clustering:{method}")
         if brb.enabled and epoch > 0 and epoch % brb.reset_interval == 0:
-            soft_reset(ae.encoder, brb.alpha, gen)
+            info["brb_reset_layers"] = soft_reset(ae.encoder, brb.alpha, gen)
             if brb.recluster:
                 with torch.no_grad():
                     mu.copy_(_recluster(ae, x, k, seed + epoch))
             if brb.reset_momentum:
                 if mu_opt is not None:
-                    mu_opt.state.clear()
+                    reset_adam_moments(mu_opt, mu)
                 counts.fill_(1.0)
             p_target = None  # the target must follow the new centroids
             resets.append(epoch)
@@ -238,6 +250,15 @@ def deep_cluster(
             probs = student_t(z_all, mu, cfg.student_t_alpha)
     info.update({"brb_resets": resets, "final_loss": run_loss / n if cfg.epochs else None})
     return probs.float(), z_all.float(), info
+
+
+@torch.no_grad()
+def reset_adam_moments(opt: torch.optim.Optimizer, param: torch.Tensor) -> None:
+    """BRB's momentum reset: zero Adam's first and second moments of ``param`` (here the
+    centroids (K, d)); the step count stays, as in BRB (its reset_momentum_counts is off)."""
+    for key, value in opt.state.get(param, {}).items():
+        if key != "step":
+            value.zero_()
 
 
 @torch.no_grad()

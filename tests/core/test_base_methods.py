@@ -18,6 +18,7 @@ from core.clustering.deep_clustering import (
     _dcn_centroid_step,
     deep_cluster,
     pretrain_autoencoder,
+    reset_adam_moments,
     soft_reset,
     student_t,
     target_distribution,
@@ -77,19 +78,36 @@ def test_dec_target_distribution_sharpens_and_normalises() -> None:
     assert float(p[0, 0]) > float(q[0, 0]) and float(p[2, 1]) > float(q[2, 1])
 
 
-def test_soft_reset_interpolates_towards_a_fresh_init() -> None:
-    ae = MlpAutoencoder(6, [5], 3)
+def test_soft_reset_interpolates_towards_a_fresh_init_and_spares_the_embedding_layer() -> None:
+    ae = MlpAutoencoder(6, [5, 4], 3)  # encoder Linear layers at indices 0, 2, 4 (4: embedding)
     before = copy.deepcopy(ae.encoder.state_dict())
-    soft_reset(ae.encoder, 1.0, torch.Generator().manual_seed(0))
+    assert soft_reset(ae.encoder, 1.0, torch.Generator().manual_seed(0)) == ["0", "2"]
     assert all(torch.equal(before[k], v) for k, v in ae.encoder.state_dict().items())
     with torch.no_grad():
         for p in ae.encoder.parameters():
             p.fill_(10.0)
     soft_reset(ae.encoder, 0.0, torch.Generator().manual_seed(0))  # alpha 0: a pure fresh init
-    w = ae.encoder[0].weight.detach()
-    assert float(w.abs().max()) <= 6**-0.5 + 1e-6
+    assert float(ae.encoder[0].weight.detach().abs().max()) <= 6**-0.5 + 1e-6
+    assert float(ae.encoder[2].weight.detach().abs().max()) <= 5**-0.5 + 1e-6
+    assert torch.equal(ae.encoder[4].weight.detach(), torch.full((3, 4), 10.0))  # embedding layer kept
     soft_reset(ae.encoder, 0.5, torch.Generator().manual_seed(0))
     assert float(ae.encoder[0].weight.detach().abs().max()) <= 6**-0.5 + 1e-6  # convex mix of two inits
+    names = soft_reset(ae.encoder, 0.5, torch.Generator().manual_seed(0), reset_embedding=True)
+    assert names == ["0", "2", "4"] and float(ae.encoder[4].weight.detach().abs().max()) <= 5 + 0.5 * 4**-0.5
+
+
+def test_momentum_reset_zeroes_adam_moments_and_keeps_the_step() -> None:
+    mu = torch.nn.Parameter(torch.randn(4, 2))
+    opt = torch.optim.Adam([mu], lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        mu.pow(2).sum().backward()
+        opt.step()
+    assert float(opt.state[mu]["exp_avg"].abs().sum()) > 0
+    reset_adam_moments(opt, mu)
+    st = opt.state[mu]
+    assert float(st["exp_avg"].abs().sum()) == 0 and float(st["exp_avg_sq"].abs().sum()) == 0
+    assert int(st["step"]) == 3
 
 
 def test_dcn_batched_centroid_step_equals_sequential_updates() -> None:
