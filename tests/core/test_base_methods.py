@@ -165,7 +165,9 @@ def test_stop_request_raises(digits) -> None:
 
 # ------------------------------------------------------------------ DEC / IDEC / DCN (+ BRB)
 
-_DEEP = DeepClusteringSpec(pretrain_epochs=25, epochs=30, hidden_dims=[256, 256], latent_dim=10)
+# 50 pre-training epochs: with 25 the latent space clusters worse than the raw pixels (k-means
+# accuracy 0.67-0.72 vs 0.79 on pixels, seeds 0-2), and a soft reset then wipes out much of it.
+_DEEP = DeepClusteringSpec(pretrain_epochs=50, epochs=30, hidden_dims=[256, 256], latent_dim=10)
 
 
 @pytest.fixture(scope="module")
@@ -228,19 +230,31 @@ def test_brb_resets_recluster_and_change_the_run(digits, pretrained) -> None:
     assert not torch.allclose(runs[False][0], runs[True][0])
 
 
-# Measured here (digits pixels, MLP AE 64-256-256-10, 25 pre-training + 30 clustering epochs, T=10,
-# alpha=0.8), accuracy per seed 0/1/2:
-#   DEC  off 0.722 0.708 0.711 (mean 0.714)   on 0.676 0.638 0.652 (mean 0.655)
-#   IDEC off 0.728 0.702 0.709 (mean 0.713)   on 0.718 0.673 0.660 (mean 0.684)
-# and likewise worse with T=20 over 40 or 100 epochs, alpha=0.9, or resetting only some layers.
-# BRB's gains in the paper come from hundreds of clustering epochs; within this budget the
-# requirement "BRB not worse on average" does not hold, so the comparison is a strict xfail: it
-# turns into a failure (XPASS) the day it holds, and then the marker must go.
+# BRB as in its paper's MLP-autoencoder setting (T=20, alpha=0.8, embedding layer not reset,
+# k-means reclustering after the reset, centroid momentum zeroed), 60 clustering epochs for both
+# arms so that the last reset (epoch 40) has T epochs of recovery. Measured here (digits pixels,
+# MLP AE 64-256-256-10, 50 pre-training epochs), accuracy per seed 0/1/2:
+#   DEC  off 0.737 0.741 0.750 (mean 0.742)   on 0.737 0.732 0.748 (mean 0.739)
+#   IDEC off 0.766 0.747 0.762 (mean 0.758)   on 0.736 0.736 0.736 (mean 0.736)
+# (with core.clustering.kmeans at 545b898; its k-means draws moved these by up to 0.06 per seed
+# while staying on the same side: an earlier k-means gave DEC 0.760 -> 0.730, IDEC 0.774 -> 0.729).
+# Also worse (mean over seeds, off -> on): 25+30 epochs T=10: DEC 0.714 -> 0.681, IDEC 0.713 ->
+# 0.692; T=10 over 40/60 epochs; 100 pre-training epochs; alpha 0.9; resetting the embedding
+# layer too; He-uniform phi (BRB code's initialiser); batch 64/128; DEC targets per batch.
+# Why: every reset costs accuracy that the following T epochs do not win back. Per-epoch traces
+# show accuracy flat within each interval and a step down at each reset (e.g. DEC seed 2, 100
+# pre-training epochs, T=10: 0.78 -> 0.75 -> 0.70 -> 0.66), and with batch 64 DEC is stuck at
+# the same 0.72 with or without resets (the reset + k-means finds the same partition). BRB's
+# gains come from 400 clustering epochs x N/256 steps on 5-70k samples after 250 pre-training
+# epochs; on 1,797 samples (7 steps per epoch) the recovery phase is too short to exploit the
+# reclustered targets. The comparison is a strict xfail: it turns into a failure (XPASS) the
+# day it holds, and then the marker must go.
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="BRB is worse than no BRB on digits within a small budget (see above)")
 def test_brb_is_not_worse_on_average_over_three_seeds(digits, pretrained) -> None:
     x, _, y = digits
-    brb_on = BrbSpec(enabled=True, reset_interval=10, alpha=0.8)
+    cfg = _DEEP.model_copy(update={"epochs": 60})
+    brb_on = BrbSpec(enabled=True, reset_interval=20, alpha=0.8)
     report: dict[tuple[str, bool], list[float]] = {}
     for method in ("dec", "idec"):
         for seed in (0, 1, 2):
@@ -248,7 +262,7 @@ def test_brb_is_not_worse_on_average_over_three_seeds(digits, pretrained) -> Non
                 probs, _, _ = deep_cluster(
                     x.flatten(1),
                     method,
-                    _DEEP,
+                    cfg,
                     brb,
                     num_clusters=10,
                     seed=seed,
