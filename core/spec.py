@@ -269,7 +269,11 @@ class RefineSpec(_Spec):
     )
     backbone: BackboneName | None = Field(default=None, description="default: the base model's backbone")
     reinit_head: bool = True
-    mixed_precision: bool = Field(default=True, description="bf16 autocast on CUDA; ignored on CPU")
+    mixed_precision: bool = Field(
+        default=True,
+        description="bf16 autocast (with channels_last) on CUDA and on CPUs with native bf16 "
+        "(AVX512-BF16/AMX); other CPUs always run float32",
+    )
 
 
 class AttackSpec(_Spec):
