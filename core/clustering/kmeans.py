@@ -155,56 +155,45 @@ def soft_assign(
 
 
 def _kmeans_pp(
-    x: torch.Tensor,
-    k: int,
-    gen: torch.Generator,
-    rows: int,
-    x_sq: torch.Tensor | None = None,
-    *,
-    sets: int = 1,
+    x: torch.Tensor, k: int, gen: torch.Generator, rows: int, x_sq: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; greedy variant as in scikit-learn):
     each new centroid is the best of T = 2 + log(k) candidates drawn with probability ~ D(x)^2.
-    ``sets`` independent seedings (one per restart) run side by side. Returns (sets, K, D).
+    Returns (K, D).
 
-    All T candidates of every set are scored by one matmul per step, so x is read once per step
-    rather than once per candidate and restart. ``part`` (sets, N) = min over chosen c of
-    ||c||^2 - 2 x.c, i.e. D(x)^2 - ||x||^2: ||x||^2 is the same for every candidate, so the
-    potentials compare without it, and a step makes few passes over N values besides the matmul
-    (each pass is a parallel region, which on a busy CPU costs far more than its arithmetic).
-    Sampling: inverse CDF (searchsorted on the running sum of D(x)^2)."""
+    All T candidates of a step are scored by one matmul, (N, T) distances, so x is read once per
+    centroid rather than once per candidate; ``closest`` (N,) = D(x)^2 is updated from the
+    winner's column. The draws (one randint, then one multinomial per step, from ``gen``) are
+    those of the one-candidate-at-a-time loop this replaced, so seeds keep their clusterings."""
     n = x.shape[0]
     n_trials = 2 + int(math.log(k))
     if x_sq is None:
         x_sq = _row_sq_norms(x, rows)
-    dev = x.device
-    ar = torch.arange(sets, device=dev)
 
-    def partial(c: torch.Tensor) -> torch.Tensor:  # (N, M) = ||c||^2 - 2 x.c, block by block
-        c_sq = (c * c).sum(1)[None, :]
+    def sq_dists(c: torch.Tensor) -> torch.Tensor:  # (N, M), block by block
         if rows >= n:  # one block: no copy through cat
-            return torch.addmm(c_sq, x, c.T, alpha=-2.0)
-        return torch.cat([torch.addmm(c_sq, xb, c.T, alpha=-2.0) for xb in x.split(rows)])
+            return _sq_dists(x, x_sq, c)
+        return torch.cat(
+            [_sq_dists(xb, qb, c) for xb, qb in zip(x.split(rows), x_sq.split(rows), strict=True)]
+        )
 
-    first = torch.randint(n, (sets,), generator=gen, device=gen.device).to(dev)
+    first = int(torch.randint(n, (1,), generator=gen, device=gen.device).item())
     chosen = [first]
-    part = partial(x[first]).T.contiguous()  # (sets, N)
+    closest = sq_dists(x[first : first + 1])[:, 0]  # (N,)
     for _ in range(1, k):
-        cum = torch.cumsum(torch.add(part, x_sq).clamp_min_(0.0), dim=1)  # running sums of D(x)^2
-        total = cum[:, -1:]  # (sets, 1)
-        u = torch.rand(sets, n_trials, generator=gen, device=gen.device).to(dev) * total
-        cand = torch.searchsorted(cum, u, right=True).clamp_max_(n - 1)  # (sets, T)
-        degenerate = total <= 0.0
-        if bool(degenerate.any()):
+        total = closest.sum()
+        if float(total) <= 0.0:
             # Fewer distinct points than clusters: any point is as good as another.
-            anywhere = torch.randint(n, (sets, n_trials), generator=gen, device=gen.device).to(dev)
-            cand = torch.where(degenerate, anywhere, cand)
-        d = partial(x[cand.flatten()]).view(n, sets, n_trials)
-        torch.minimum(d, part.T[:, :, None], out=d)
-        best = d.sum(0).argmin(1)  # (sets,): the first of equal potentials, as a sequential scan
-        chosen.append(cand[ar, best])
-        part = d[:, ar, best].T.contiguous()
-    return x[torch.stack(chosen, dim=1)]  # (sets, K, D)
+            cand = torch.randint(n, (n_trials,), generator=gen, device=gen.device)
+        else:
+            cand = torch.multinomial(closest / total, n_trials, replacement=True, generator=gen)
+        cand = cand.to(x.device)
+        d = sq_dists(x[cand])  # (N, T)
+        torch.minimum(d, closest[:, None], out=d)  # D(x)^2 if each candidate were chosen
+        best = int(d.sum(0).argmin())  # the first of equal potentials, as a sequential scan
+        chosen.append(int(cand[best]))
+        closest = d[:, best]
+    return x[torch.tensor(chosen, device=x.device)]
 
 
 def _repair_empty(
@@ -340,21 +329,17 @@ def kmeans(
     gen = torch.Generator(device=dev)
     gen.manual_seed(seed)
 
-    # Restarts run side by side (one pass over x serves all of them) in groups small enough that
-    # the seeding's (N, group * T) block stays within _BLOCK_ELEMS.
-    n_trials = 2 + int(math.log(k))
-    group = max(1, min(restarts, _BLOCK_ELEMS // max(n * n_trials, 1)))
+    # Seeding restart by restart keeps the generator's draws in the order of a sequential run;
+    # Lloyd then runs all restarts side by side (one pass over x per step serves all of them).
+    rows_all = _block_rows(n, restarts * k, chunk_size)
+    init = torch.stack([_kmeans_pp(x, k, gen, rows, x_sq) for _ in range(restarts)])  # (R, K, D)
+    labels_r, cents, inertias, iters_r = _lloyd_sets(
+        x, init, iters=iters, tol_abs=tol_abs, rows=rows_all, x_sq=x_sq
+    )
     best: tuple[torch.Tensor, torch.Tensor, float, int] | None = None
-    for start in range(0, restarts, group):
-        sets = min(group, restarts - start)
-        rows_g = _block_rows(n, sets * k, chunk_size)
-        init = _kmeans_pp(x, k, gen, rows_g, x_sq, sets=sets)
-        labels_r, cents, inertias, iters_r = _lloyd_sets(
-            x, init, iters=iters, tol_abs=tol_abs, rows=rows_g, x_sq=x_sq
-        )
-        for j in range(sets):  # strict <: the earliest restart wins ties
-            if best is None or inertias[j] < best[2]:
-                best = (labels_r[:, j].contiguous(), cents[j], inertias[j], iters_r[j])
+    for j in range(restarts):  # strict <: the earliest restart wins ties
+        if best is None or inertias[j] < best[2]:
+            best = (labels_r[:, j].contiguous(), cents[j], inertias[j], iters_r[j])
     assert best is not None
     labels, centroids, inertia, n_iter = best
     temperature = inertia / n if inertia > 0 else 1e-12

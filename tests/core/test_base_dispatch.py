@@ -3,7 +3,7 @@
 Tiny budgets (a few epochs each, RUC 2 epochs) keep every job to seconds on one CPU thread; the
 accuracy bar is "far above chance" (0.1 for 10 classes), not the methods' quality, which
 tests/core/test_base_methods.py measures. Measured here (seed 0): base network accuracy scan 0.59,
-dec 0.44, idec 0.63, dcn 0.64, gcc 0.54, and 0.53; k-means with auto-K 0.84 at K=11 (votes:
+dec 0.44, idec 0.60, dcn 0.69, gcc 0.54, and 0.53; k-means with auto-K 0.77 at K=11 (votes:
 silhouette 9, eigengap 11, x-means 15, g-means 15, DP-means 6). The whole file takes ~40 s.
 """
 
