@@ -85,13 +85,14 @@ class EmbeddedStack:
         get_settings.cache_clear()
 
     def migrate(self) -> None:
+        # Alembic logs a line per plugin (at import) and per revision at INFO; `up` and `demo` print
+        # their own status, so quieten it before the import.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         from api.db.migrate import upgrade_head
         from api.settings import get_settings
 
         settings = get_settings()
         settings.ensure_dirs()
-        # Alembic logs a line per plugin and revision at INFO; `up` and `demo` print their own status.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
         upgrade_head(settings.database_url)
 
     def create_key(self, name: str) -> str:
