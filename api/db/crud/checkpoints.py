@@ -4,48 +4,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.crud.pagination import page_desc
-from api.db.models import Checkpoint, Job, is_valid_id, utcnow
+from api.db.crud.owned_uploads import create_upload, delete_row, get_owned, list_owned
+from api.db.models import Checkpoint, Job
 
 
 def create_checkpoint(
     session: Session, *, checkpoint_id: str, owner_id: str, filename: str, size: int, sha256: str, path: str
 ) -> Checkpoint:
-    now = utcnow()
-    row = Checkpoint(
-        id=checkpoint_id,
+    return create_upload(
+        session,
+        Checkpoint,
+        row_id=checkpoint_id,
         owner_id=owner_id,
         filename=filename,
         size=size,
         sha256=sha256,
         path=path,
-        status="validating",
-        created_at=now,
-        updated_at=now,
     )
-    session.add(row)
-    session.flush()
-    return row
 
 
 def get_checkpoint(session: Session, owner_id: str, checkpoint_id: str) -> Checkpoint | None:
-    if not is_valid_id(checkpoint_id):
-        return None
-    return session.scalar(
-        select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.owner_id == owner_id)
-    )
+    return get_owned(session, Checkpoint, owner_id, checkpoint_id)
 
 
 def list_checkpoints(
     session: Session, owner_id: str, *, status: str | None, after: str | None, limit: int
 ) -> tuple[Sequence[Checkpoint], bool]:
-    stmt = select(Checkpoint).where(Checkpoint.owner_id == owner_id)
-    if status is not None:
-        stmt = stmt.where(Checkpoint.status == status)
-    return page_desc(session, stmt, Checkpoint.id, after=after, limit=limit)
+    return list_owned(session, Checkpoint, owner_id, status=status, after=after, limit=limit)
 
 
 def checkpoint_in_use(session: Session, owner_id: str, checkpoint_id: str) -> bool:
@@ -65,5 +53,4 @@ def checkpoint_in_use(session: Session, owner_id: str, checkpoint_id: str) -> bo
 
 
 def delete_checkpoint(session: Session, checkpoint_id: str) -> None:
-    session.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id))
-    session.flush()
+    delete_row(session, Checkpoint, checkpoint_id)
