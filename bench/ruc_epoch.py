@@ -8,15 +8,16 @@ network passes of such an epoch on random tensors of the same shapes, and nothin
 conversion, augmentation, losses or optimiser steps). Per step of network k, with M weak views,
 B = batch size and a non-empty unclean set:
 
-    no grad, eval mode:  own network on [x, u, M weak views of u]           (2 + M) B images
-                         partner on [M weak views of x, M weak views of u]   2 M B images
+    no grad, eval mode:  own network on the M weak views of u               M B images
+                         partner on the same views                           M B images
                          (in chunks of B on the CPU, 4B on a GPU)
     with grad, train:    strong view of x (B), then the mixed batch in 2M chunks of B
                          -> 1 + 2M forward+backward passes of B images
-    (co_training=False: the own forward also takes the M weak views of x; no partner forward)
+    (co_training=False: the own forward also takes x; no partner forward)
 
-Each network makes ceil(|X| / B) steps; at the epoch end each network predicts the unclean set
-(eval, no grad, chunks of 4B). Peak RSS is the process's ru_maxrss after each stage.
+Each network makes ceil(|X| / B) steps, then predicts all N images once (eval, no grad, chunks
+of 4x the no-grad chunk): that table serves co-refinement, refurbishing and the ensemble.
+Peak RSS is the process's ru_maxrss after each stage.
 Variants: fp32, channels_last, bf16 autocast, channels_last + bf16 (floor for each; the RUC
 epoch for the default and, with --variant-epochs, for every variant).
 """
@@ -95,13 +96,14 @@ def floor_epoch(
     k: int,
     n_clean: int,
     n_unclean: int,
+    n_total: int,
     device: torch.device,
     perf: PerfOptions,
     max_steps: int | None = None,
 ) -> tuple[float, dict[str, int]]:
     """Time the passes of one RUC epoch (see module doc) on random tensors; returns (seconds, counts).
 
-    max_steps: time only that many steps (and one refurbish chunk) and extrapolate to the epoch.
+    max_steps: time only that many steps (and one table chunk) and extrapolate to the epoch.
     """
     bsz, views = spec.batch_size, spec.weak_augmentations
     co = spec.co_training
@@ -121,21 +123,20 @@ def floor_epoch(
 
     has_u = n_unclean > 0
     b_u = bsz if has_u else 0
-    own_n = 2 * bsz if has_u else bsz
-    own_n += views * b_u + (0 if co else views * bsz)
-    partner_n = views * (bsz + b_u) if co else 0
+    own_n = views * b_u + (0 if co else bsz)
+    partner_n = views * b_u if co else 0
     train_chunks = 1 + round(views * (bsz + b_u) / bsz)
     steps = math.ceil(n_clean / bsz)
     chunk = nograd_chunk_size(device, bsz)
     inputs = {"own": rand(own_n), "partner": rand(partner_n) if partner_n else None, "chunk": rand(bsz)}
-    refurb = [rand(c.numel()) for c in torch.arange(n_unclean).split(INFERENCE_BATCH_FACTOR * bsz)]
+    table = [rand(c.numel()) for c in torch.arange(n_total).split(INFERENCE_BATCH_FACTOR * chunk)]
     counts = {
         "steps_per_network": steps,
         "nograd_images_per_step": own_n + partner_n,
         "nograd_chunk": chunk,
         "fwd_bwd_chunks_per_step": train_chunks,
         "fwd_bwd_images_per_step": train_chunks * bsz,
-        "refurbish_images_per_network": n_unclean,
+        "table_images_per_network": n_total,
     }
 
     def step(kk: int) -> None:
@@ -155,12 +156,13 @@ def floor_epoch(
             out.float().logsumexp(dim=1).mean().backward()
         net.zero_grad(set_to_none=True)
 
-    def refurbish(parts: list[torch.Tensor]) -> None:
+    def predict_table(parts: list[torch.Tensor]) -> None:
         for net in nets:
             net.eval()
             with torch.no_grad(), amp():
                 for x in parts:
-                    net(x).float()
+                    for piece in x.split(chunk):
+                        net(piece).float()
 
     # warm-up, so one-time kernel/primitive creation is not timed
     with torch.no_grad(), amp():
@@ -179,13 +181,13 @@ def floor_epoch(
         step((i * n_nets) // total_steps)
     _sync(device)
     step_s = (time.perf_counter() - t0) / timed_steps
-    parts = refurb if max_steps is None else refurb[:1]
+    parts = table if max_steps is None else table[:1]
     t0 = time.perf_counter()
-    refurbish(parts)
+    predict_table(parts)
     _sync(device)
-    refurb_s = (time.perf_counter() - t0) * (len(refurb) / max(len(parts), 1))
+    table_s = (time.perf_counter() - t0) * (len(table) / max(len(parts), 1))
     counts["timed_steps"] = timed_steps
-    return step_s * total_steps + refurb_s, counts
+    return step_s * total_steps + table_s, counts
 
 
 def main() -> None:
@@ -229,7 +231,7 @@ def main() -> None:
             n_unclean = args.n - per_epoch[0]["clean_size"] + per_epoch[0]["refurbished"]
             rss_ruc = peak_rss_mb()
             cpu0 = cpu_seconds()
-            floor_s, counts = floor_epoch(spec, args.clusters, n_clean, n_unclean, device, perf)
+            floor_s, counts = floor_epoch(spec, args.clusters, n_clean, n_unclean, args.n, device, perf)
             floor_cpu = cpu_seconds() - cpu0
             line += (
                 f" RUC epoch {epoch_s:.2f} s (epochs: {', '.join(f'{s:.2f}' for s in secs)})"
@@ -239,7 +241,14 @@ def main() -> None:
             )
         else:
             floor_s, counts = floor_epoch(
-                spec, args.clusters, n_clean, args.n - n_clean, device, perf, max_steps=args.variant_steps
+                spec,
+                args.clusters,
+                n_clean,
+                args.n - n_clean,
+                args.n,
+                device,
+                perf,
+                max_steps=args.variant_steps,
             )
             line += f" floor {floor_s:.2f} s (extrapolated from {counts['timed_steps']} step(s))"
         print(line, flush=True)

@@ -364,9 +364,9 @@ def _execute(
     job_id = job.id
     try:
         import torch
-        from core.pipeline import run_job
 
         from core.datasets import load_dataset
+        from core.pipeline import run_job
 
         hooks.on_stage("loading")
         work_dir = job_dir(settings, job_id) / "work"

@@ -1,7 +1,7 @@
 """RUC's resumable training state and its atomic checkpoint file.
 
 A checkpoint holds everything the next epoch reads: both networks and optimisers, the clean set
-and pseudo-labels after refurbishing, the recorded confidences, every random stream, the epoch
+and pseudo-labels after refurbishing, each network's prediction table, every random stream, the epoch
 count and the metrics so far, plus a fingerprint of the inputs so that a file written for a
 different job (other data, labels, clean set, spec or seed) is never resumed by mistake.
 The learning rate is a pure function of the epoch (cosine), so there is no scheduler state.
@@ -20,7 +20,7 @@ import torch
 
 from core.spec import RefineSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-network prediction tables replace recorded confidences
 
 
 @dataclass
@@ -29,8 +29,8 @@ class RucState:
 
     nets / optimizers: one state dict per network (1 or 2).
     clean_mask: (N,) bool; pseudo_labels: (N,) int64 (refurbished labels included).
-    confidence: (V, N) float32, each network's max softmax on the unaugmented view from its latest
-        pass; seen: (V, N) bool, which entries have been recorded at least once.
+    table: (V, N, K) float32, each network's softmax on the unaugmented images at the end of its
+        latest pass; ready: (V,) bool, which networks have completed a pass.
     rng: {"torch_generator": ByteTensor, "numpy": dict} (the bit generator state of the Beta draws).
     """
 
@@ -40,8 +40,8 @@ class RucState:
     optimizers: list[dict[str, Any]]
     clean_mask: torch.Tensor
     pseudo_labels: torch.Tensor
-    confidence: torch.Tensor
-    seen: torch.Tensor
+    table: torch.Tensor
+    ready: torch.Tensor
     rng: dict[str, Any]
     per_epoch: list[dict[str, Any]] = field(default_factory=list)
     version: int = FORMAT_VERSION

@@ -5,9 +5,9 @@ network k draws a clean batch (B samples of X) and an unclean batch (B samples o
 minimises L = L_Xs + L_Xhat + lambda_u * ramp * L_Uhat (Eq. (10)):
 
 * L_Xs: CE between the label-smoothed pseudo-label (Eq. (8)) and f_k(strong(x)), clean samples.
-* Co-refinement (Eq. (11)-(12)): y_bar = Sharpen((1 - w) y + w p_partner(x_weak), T), with w the
-  partner's max-softmax confidence on the unaugmented view recorded during its latest training
-  pass, min-max normalised over the samples it has seen (all zeros before its first pass).
+* Co-refinement (Eq. (11)-(12)): y_bar = Sharpen((1 - w) y + w f_partner(x), T), with
+  f_partner(x) the partner's softmax on the unaugmented x and w its max, min-max normalised over
+  the dataset (all zeros before the partner's first pass).
 * Label guessing (Eq. (13)-(14)): q_bar = Sharpen(mean of both networks over M weak views of u).
 * MixMatch (Eq. (1)-(7)): one lambda' per batch mixes [x views, u views] with a permutation of
   itself; CE on the mixed X part, squared error of the softmax on the mixed U part.
@@ -15,19 +15,28 @@ minimises L = L_Xs + L_Xhat + lambda_u * ramp * L_Uhat (Eq. (10)):
 
 Choices worth knowing:
 
-* Forwards without gradients (partner predictions, label guessing, recording confidences) run in
-  eval mode: a sample's prediction then does not depend on its batch-mates, it is the same
-  function the final ensemble and refurbishing use, and BatchNorm's running statistics only see
-  the training views. (The authors' script keeps train mode there.)
+* Prediction tables. At the end of its pass each network predicts the whole dataset once
+  (unaugmented, eval mode, no graph) into a (N, K) table. A network does not change while the
+  other trains, so its table *is* its current f(x) for everything that needs one: the partner's
+  f(x) and confidence w in co-refinement, co-refurbishing at the epoch end, the confidence
+  figure and the final ensemble. Per step, only the M weak views of u are forwarded without
+  gradients (own network and partner, for label guessing).
+* Forwards without gradients run in eval mode: a sample's prediction then does not depend on
+  its batch-mates, it is the same function the final ensemble and refurbishing use, and
+  BatchNorm's running statistics only see the training views. (The authors' script keeps train
+  mode there.)
 * The training forward is split into chunks of B images (the strong clean view, then the
   mixed batch strided so every chunk holds X and U rows alike, which is MixMatch's interleaving).
   BatchNorm thus always normalises over B samples, as in MixMatch, and the activations of only B
   images are alive at a time; gradients accumulate over the chunks before one SGD step.
 * An epoch of network k has ceil(|X| / B) steps; clean samples are visited in a fresh random
   order (topped up to whole batches), unclean samples are drawn cyclically in random order.
-* Without co-training the single network is its own partner: co-refinement uses its own
-  prediction on the weak views and its own confidences from its previous pass (zeros in the
-  first epoch), label guessing uses its own views, refurbishing its own prediction.
+* Without co-training the single network is its own partner: co-refinement uses its current
+  prediction on x (one extra no-grad forward of B images per step) weighted by its confidence
+  from its previous pass (zeros in the first epoch), label guessing uses its own views,
+  refurbishing its own table.
+* refurbish_mode="batch" (the authors' script) refurbishes each unclean batch inside the loop
+  with the training network's prediction on the unaugmented u, at a fixed threshold 0.99.
 * All randomness (batches, augmentations, permutations) comes from one CPU torch.Generator and
   the Beta draws from a numpy Generator, both seeded from ``seed`` and checkpointed, so a run
   resumed from a checkpoint reproduces an uninterrupted run exactly on the CPU.
@@ -150,8 +159,8 @@ class _Runtime:
     optimizers: list[torch.optim.Optimizer]
     clean: torch.Tensor  # (N,) bool
     pseudo: torch.Tensor  # (N,) int64
-    confidence: torch.Tensor  # (V, N) float32
-    seen: torch.Tensor  # (V, N) bool
+    table: torch.Tensor  # (V, N, K) float32: each network's softmax on the unaugmented images
+    ready: torch.Tensor  # (V,) bool: which tables hold a prediction (the network has trained)
     generator: torch.Generator
     np_rng: np.random.Generator
     channels_last: bool
@@ -327,14 +336,15 @@ def _ensure_clean(
 # one training pass of one network
 
 
-def _partner_weight(rt: _Runtime, slot: int, partner_ready: bool, idx: torch.Tensor) -> torch.Tensor:
-    """w of Eq. (11) for samples ``idx``: the slot's recorded confidence, min-max normalised (B,)."""
-    if not partner_ready or not bool(rt.seen[slot].any()):
-        return torch.zeros(idx.numel(), device=idx.device)
-    seen = rt.seen[slot]
-    norm = torch.zeros_like(rt.confidence[slot])
-    norm[seen] = minmax_normalise(rt.confidence[slot][seen])
-    return norm[idx]
+def _table_weight(rt: _Runtime, slot: int) -> torch.Tensor:
+    """w of Eq. (11) for every sample: table ``slot``'s max probability, min-max normalised (N,).
+
+    All zeros while that table is empty (the network has not trained yet).
+    """
+    n = rt.table.shape[1]
+    if not bool(rt.ready[slot]):
+        return torch.zeros(n, device=rt.table.device)
+    return minmax_normalise(rt.table[slot].max(dim=1).values)
 
 
 def _train_pass(
@@ -345,13 +355,12 @@ def _train_pass(
     *,
     num_clusters: int,
     lambda_u_eff: float,
-    partner_ready: bool,
     hooks: RunHooks,
 ) -> tuple[torch.Tensor, int]:
-    """Train network k for one pass over the clean set.
+    """Train network k for one pass over the clean set, then refresh its prediction table.
 
-    Returns (loss sums (3,) = [L_Xs, L_Xhat, L_Uhat] summed over steps, detached; number of steps),
-    and records network k's confidences. Refurbishes in the loop when refurbish_mode is "batch".
+    Returns (loss sums (3,) = [L_Xs, L_Xhat, L_Uhat] summed over steps, detached; number of steps).
+    Refurbishes in the loop when refurbish_mode is "batch".
     """
     net = rt.nets[k]
     co = len(rt.nets) == 2
@@ -361,6 +370,7 @@ def _train_pass(
     bsz = spec.batch_size
     views = spec.weak_augmentations
     gen = rt.generator
+    batch_refurbish = spec.refurbish and spec.refurbish_mode == "batch"
 
     clean_idx = rt.clean.nonzero().squeeze(1)
     unclean_idx = (~rt.clean).nonzero().squeeze(1)
@@ -370,7 +380,8 @@ def _train_pass(
     unclean_order = (
         unclean_idx[_cycled_order(unclean_idx.numel(), steps * bsz, gen).to(dev)] if has_u else None
     )
-    weights = _partner_weight(rt, partner_slot, partner_ready, torch.arange(images.shape[0], device=dev))
+    weights = _table_weight(rt, partner_slot)
+    partner_table = rt.table[partner_slot]
 
     sums = torch.zeros(3, device=dev)
     for step in range(steps):
@@ -391,32 +402,37 @@ def _train_pass(
                 u_weak = [_layout(weak_augment(u, generator=gen), rt.channels_last) for _ in range(views)]
 
         # --- forwards without gradients: one concatenated forward per network ---------------------
-        net.eval()
-        partner.eval()
-        own_parts = [x] + ([u] if u is not None else []) + u_weak + ([] if co else x_weak)
-        own = _probs(net, torch.cat(own_parts), rt)  # (sum of part sizes, K)
         n_x = xb.numel()
         n_u = ub.numel() if ub is not None else 0
-        raw = own[: n_x + n_u]
-        seen_idx = xb if ub is None else torch.cat([xb, ub])
-        rt.confidence[k, seen_idx] = raw.max(dim=1).values
-        rt.seen[k, seen_idx] = True
-        if spec.refurbish and spec.refurbish_mode == "batch" and ub is not None:
-            accept, labels = refurbish_candidates(raw[None, n_x:], BATCH_REFURBISH_THRESHOLD)
+        own_x = spec.mixmatch and not co  # its own current f(x) replaces the partner's table
+        own_u = batch_refurbish and u is not None
+        own_parts = ([x] if own_x else []) + ([u] if own_u else []) + u_weak
+        net.eval()
+        own = _probs(net, torch.cat(own_parts), rt) if own_parts else None
+        at = 0
+        if own_x:
+            assert own is not None
+            p_x = own[:n_x]
+            at = n_x
+        else:
+            p_x = partner_table[xb]
+        if own_u:
+            assert own is not None and ub is not None
+            accept, labels = refurbish_candidates(own[None, at : at + n_u], BATCH_REFURBISH_THRESHOLD)
             apply_refurbish(rt.clean, rt.pseudo, ub, accept, labels)
+            at += n_u
 
         if spec.mixmatch:
-            own_u = own[n_x + n_u : n_x + n_u + views * n_u].view(views, n_u, num_clusters)
-            if co:
-                theirs = _probs(partner, torch.cat(x_weak + u_weak), rt)
-                p_x = theirs[: views * n_x].view(views, n_x, num_clusters).mean(dim=0)
-                guesses = torch.cat([own_u, theirs[views * n_x :].view(views, n_u, num_clusters)])
-            else:
-                p_x = own[n_x + n_u + views * n_u :].view(views, n_x, num_clusters).mean(dim=0)
-                guesses = own_u
+            q_bar = None
+            if n_u:
+                assert own is not None
+                guesses = [own[at:].view(views, n_u, num_clusters)]
+                if co:
+                    partner.eval()
+                    guesses.append(_probs(partner, torch.cat(u_weak), rt).view(views, n_u, num_clusters))
+                q_bar = guess_labels(torch.cat(guesses), spec.sharpen_temperature)  # (B, K)
             y = F.one_hot(rt.pseudo[xb], num_clusters).float()
             y_bar = co_refine(y, p_x, weights[xb], spec.sharpen_temperature)  # (B, K)
-            q_bar = guess_labels(guesses, spec.sharpen_temperature) if n_u else None  # (B, K)
 
         # --- training forward/backward in chunks of B --------------------------------------------
         net.train()
@@ -428,6 +444,7 @@ def _train_pass(
         loss_xs = soft_cross_entropy(logits_s, targets_s).mean()
         loss_xs.backward()
         sums[0] += loss_xs.detach()
+        del logits_s, loss_xs
 
         if spec.mixmatch:
             inputs = torch.cat(x_weak + u_weak)  # (V*B_x + V*B_u, C, H, W)
@@ -435,11 +452,12 @@ def _train_pass(
             lam = mixmatch_lambda(spec.mixup_alpha, rt.np_rng)
             perm = torch.randperm(inputs.shape[0], generator=gen).to(dev)
             mixed_x, mixed_t = mix(inputs, targets, lam, perm)
+            del inputs, x_weak, u_weak
             n_lab = views * n_x
-            n_unl = inputs.shape[0] - n_lab
-            n_chunks = max(1, round(inputs.shape[0] / bsz))
+            n_unl = mixed_x.shape[0] - n_lab
+            n_chunks = max(1, round(mixed_x.shape[0] / bsz))
             for j in range(n_chunks):
-                rows = torch.arange(j, inputs.shape[0], n_chunks, device=dev)
+                rows = torch.arange(j, mixed_x.shape[0], n_chunks, device=dev)
                 with _autocast(dev, rt.autocast_dtype):
                     logits = net(_layout(mixed_x[rows], rt.channels_last))
                 is_lab = rows < n_lab
@@ -451,22 +469,26 @@ def _train_pass(
                     sums[2] += loss_u.detach()
                 loss.backward()
                 sums[1] += loss_x.detach()
+                del logits, loss, loss_x
         opt.step()
+        # Gradients are dead until the next backward: freeing them now keeps them out of the
+        # peak of the no-grad forwards and of the partner's pass (45 MB per ResNet-18).
+        opt.zero_grad(set_to_none=True)
     net.eval()
+    rt.table[k] = _predict_all(net, images, rt)
+    rt.ready[k] = True
     return sums, steps
 
 
-def _predict_indices(
-    nets: list[ClusteringModel], images: torch.Tensor, idx: torch.Tensor, rt: _Runtime, bs: int
-) -> torch.Tensor:
-    """Softmax of every network on images ``idx`` (unaugmented), eval mode -> (V, len(idx), K)."""
-    out = []
-    for net in nets:
-        net.eval()
-        out.append(
-            torch.cat([_probs(net, _to_float(images, part, rt.channels_last), rt) for part in idx.split(bs)])
-        )
-    return torch.stack(out)
+def _predict_all(net: nn.Module, images: torch.Tensor, rt: _Runtime) -> torch.Tensor:
+    """Softmax of ``net`` (eval mode) on every unaugmented image -> (N, K) float32.
+
+    Images are converted to float chunk by chunk, so at most 4B of them are float at a time.
+    """
+    net.eval()
+    idx = torch.arange(images.shape[0], device=images.device)
+    bs = INFERENCE_BATCH_FACTOR * rt.nograd_chunk
+    return torch.cat([_probs(net, _to_float(images, part, rt.channels_last), rt) for part in idx.split(bs)])
 
 
 def predict_ensemble(
@@ -497,6 +519,24 @@ def predict_ensemble(
     return total / len(nets)
 
 
+def _allocate_momentum(optimizers: list[torch.optim.Optimizer]) -> None:
+    """Create SGD's momentum buffers now, as zeros, instead of lazily at the first step.
+
+    With dampening 0 a zero buffer gives exactly the first step SGD computes without one
+    (buf = grad), so results do not change. Allocated before any activation, these long-lived
+    tensors do not land in holes between freed activations (measured: 20 MB less peak RSS in
+    bench/ruc_epoch.py's setting, 1,403 -> 1,380 MB at N=400).
+    """
+    for opt in optimizers:
+        for group in opt.param_groups:
+            if group["momentum"] == 0 or group["dampening"] != 0:
+                continue
+            for p in group["params"]:
+                opt.state[p].setdefault(
+                    "momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format)
+                )
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoint <-> runtime
 
@@ -509,8 +549,8 @@ def _snapshot(rt: _Runtime, fingerprint: str, epoch: int, per_epoch: list[dict[s
         optimizers=[_cpu_tree(opt.state_dict()) for opt in rt.optimizers],
         clean_mask=rt.clean.cpu().clone(),
         pseudo_labels=rt.pseudo.cpu().clone(),
-        confidence=rt.confidence.cpu().clone(),
-        seen=rt.seen.cpu().clone(),
+        table=rt.table.cpu().clone(),
+        ready=rt.ready.cpu().clone(),
         rng={"torch_generator": rt.generator.get_state(), "numpy": rt.np_rng.bit_generator.state},
         per_epoch=copy.deepcopy(per_epoch),
     )
@@ -536,8 +576,8 @@ def _restore(rt: _Runtime, state: RucState) -> None:
         opt.load_state_dict(sd)
     rt.clean = state.clean_mask.to(dev)
     rt.pseudo = state.pseudo_labels.to(dev)
-    rt.confidence = state.confidence.to(dev)
-    rt.seen = state.seen.to(dev)
+    rt.table = state.table.to(dev)
+    rt.ready = state.ready.to(dev)
     rt.generator.set_state(state.rng["torch_generator"])
     rt.np_rng.bit_generator.state = state.rng["numpy"]
 
@@ -634,13 +674,14 @@ def train_ruc(
         )
         for net in nets
     ]
+    _allocate_momentum(optimizers)
     rt = _Runtime(
         nets=nets,
         optimizers=optimizers,
         clean=clean,
         pseudo=pseudo,
-        confidence=torch.zeros(n_nets, n, device=dev),
-        seen=torch.zeros(n_nets, n, dtype=torch.bool, device=dev),
+        table=torch.zeros(n_nets, n, num_clusters, device=dev),
+        ready=torch.zeros(n_nets, dtype=torch.bool, device=dev),
         generator=torch.Generator().manual_seed(seed),
         np_rng=np.random.default_rng(seed),
         channels_last=channels_last,
@@ -676,10 +717,6 @@ def train_ruc(
         sums = torch.zeros(3, device=dev)
         steps = 0
         for k in range(n_nets):
-            # The partner's confidences exist once it has trained: network 2 (k=1) always has a
-            # trained partner; network 1 from the second epoch on. Without co-training the
-            # network's own previous pass plays the partner.
-            partner_ready = epoch > 0 or (n_nets == 2 and k == 1)
             s, st = _train_pass(
                 k,
                 rt,
@@ -687,7 +724,6 @@ def train_ruc(
                 spec,
                 num_clusters=num_clusters,
                 lambda_u_eff=lambda_u_eff,
-                partner_ready=partner_ready,
                 hooks=hooks,
             )
             sums += s
@@ -700,14 +736,13 @@ def train_ruc(
         if spec.refurbish and spec.refurbish_mode == "epoch":
             unclean_idx = (~rt.clean).nonzero().squeeze(1)
             if unclean_idx.numel():
-                probs_u = _predict_indices(rt.nets, images, unclean_idx, rt, inference_bs)
-                accept, labels = refurbish_candidates(probs_u, tau2)
+                accept, labels = refurbish_candidates(rt.table[:, unclean_idx], tau2)
                 apply_refurbish(rt.clean, rt.pseudo, unclean_idx, accept, labels)
         if spec.refurbish_mode == "batch":
             tau2 = BATCH_REFURBISH_THRESHOLD
 
         loss_xs, loss_x, loss_u = (sums / max(steps, 1)).tolist()
-        conf_mean = float(rt.confidence[rt.seen].mean()) if bool(rt.seen.any()) else 0.0
+        conf_mean = float(rt.table[rt.ready].max(dim=2).values.mean())
         clean_size = int(rt.clean.sum())
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -728,9 +763,12 @@ def train_ruc(
         hooks.on_epoch(dict(metrics))
         hooks.check_stop(f"after RUC epoch {epoch + 1}")
 
-    probs = predict_ensemble(
-        rt.nets, images, inference_bs, channels_last=rt.channels_last, autocast_dtype=rt.autocast_dtype
-    )
+    if bool(rt.ready.all()):
+        probs = rt.table.mean(dim=0)  # every table is its network's final prediction
+    else:
+        probs = predict_ensemble(
+            rt.nets, images, inference_bs, channels_last=rt.channels_last, autocast_dtype=rt.autocast_dtype
+        )
     for net in rt.nets:
         net.eval()
     return RucOutput(
