@@ -230,48 +230,73 @@ def test_brb_resets_recluster_and_change_the_run(digits, pretrained) -> None:
     assert not torch.allclose(runs[False][0], runs[True][0])
 
 
-# BRB as in its paper's MLP-autoencoder setting (T=20, alpha=0.8, embedding layer not reset,
-# k-means reclustering after the reset, centroid momentum zeroed), 60 clustering epochs for both
-# arms so that the last reset (epoch 40) has T epochs of recovery. Measured here (digits pixels,
-# MLP AE 64-256-256-10, 50 pre-training epochs), accuracy per seed 0/1/2:
-#   DEC  off 0.737 0.741 0.750 (mean 0.742)   on 0.737 0.732 0.748 (mean 0.739)
-#   IDEC off 0.766 0.747 0.762 (mean 0.758)   on 0.736 0.736 0.736 (mean 0.736)
-# (with core.clustering.kmeans at 545b898; its k-means draws moved these by up to 0.06 per seed
-# while staying on the same side: an earlier k-means gave DEC 0.760 -> 0.730, IDEC 0.774 -> 0.729).
-# Also worse (mean over seeds, off -> on): 25+30 epochs T=10: DEC 0.714 -> 0.681, IDEC 0.713 ->
-# 0.692; T=10 over 40/60 epochs; 100 pre-training epochs; alpha 0.9; resetting the embedding
-# layer too; He-uniform phi (BRB code's initialiser); batch 64/128; DEC targets per batch.
-# Why: every reset costs accuracy that the following T epochs do not win back. Per-epoch traces
-# show accuracy flat within each interval and a step down at each reset (e.g. DEC seed 2, 100
-# pre-training epochs, T=10: 0.78 -> 0.75 -> 0.70 -> 0.66), and with batch 64 DEC is stuck at
-# the same 0.72 with or without resets (the reset + k-means finds the same partition). BRB's
-# gains come from 400 clustering epochs x N/256 steps on 5-70k samples after 250 pre-training
-# epochs; on 1,797 samples (7 steps per epoch) the recovery phase is too short to exploit the
-# reclustered targets. The comparison is a strict xfail: it turns into a failure (XPASS) the
-# day it holds, and then the marker must go.
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="BRB is worse than no BRB on digits within a small budget (see above)")
-def test_brb_is_not_worse_on_average_over_three_seeds(digits, pretrained) -> None:
-    x, _, y = digits
-    cfg = _DEEP.model_copy(update={"epochs": 60})
+def _brb_report(x: torch.Tensor, y: np.ndarray, cfg: DeepClusteringSpec, pretrained=None):
+    """Accuracy per (method, BRB on/off) over seeds 0-2; the same seed and budget for both arms."""
     brb_on = BrbSpec(enabled=True, reset_interval=20, alpha=0.8)
     report: dict[tuple[str, bool], list[float]] = {}
     for method in ("dec", "idec"):
         for seed in (0, 1, 2):
             for brb in (BrbSpec(), brb_on):
-                probs, _, _ = deep_cluster(
-                    x.flatten(1),
+                probs, _, info = deep_cluster(
+                    x,
                     method,
                     cfg,
                     brb,
                     num_clusters=10,
                     seed=seed,
-                    pretrained=copy.deepcopy(pretrained[seed]),
+                    pretrained=copy.deepcopy(pretrained[seed]) if pretrained is not None else None,
                 )
+                expected_resets = list(range(20, cfg.epochs, 20)) if brb.enabled else []
+                assert info["brb_resets"] == expected_resets
                 report.setdefault((method, brb.enabled), []).append(_acc(y, probs.argmax(1)))
-    print("BRB accuracies per seed", report)
+    return report
+
+
+# BRB's second claim (Miklautz et al., ICLR 2025): it makes training from scratch work. This is the
+# setting of its repository's config/autoencoder/no_pretrain.py: no autoencoder pre-training, T=20,
+# alpha=0.8, the embedding layer not reset, k-means reclustering after each reset, centroid
+# momentum zeroed (their budget is 400 clustering epochs; 100 here). Measured (digits pixels,
+# MLP AE 64-256-256-10), accuracy per seed 0/1/2:
+#   DEC  off 0.213 0.213 0.209 (mean 0.212)   on 0.285 0.262 0.269 (mean 0.272)
+#   IDEC off 0.425 0.521 0.458 (mean 0.468)   on 0.735 0.633 0.676 (mean 0.681)
+# Without resets DEC and IDEC collapse onto the random encoder's first k-means partition; each
+# reset + reclustering moves them to a better one.
+@pytest.mark.slow
+def test_brb_is_not_worse_on_average_over_three_seeds_from_scratch(digits) -> None:
+    x, _, y = digits
+    cfg = _DEEP.model_copy(update={"pretrain_epochs": 0, "epochs": 100})
+    report = _brb_report(x.flatten(1), y, cfg)
+    print("BRB from scratch, accuracies per seed", report)
     for method in ("dec", "idec"):
-        assert min(report[(method, True)]) > 0.5
+        assert np.mean(report[(method, True)]) >= np.mean(report[(method, False)])
+    # IDEC's reconstruction keeps the features informative, so there the gain is large
+    assert np.mean(report[("idec", True)]) > np.mean(report[("idec", False)]) + 0.1
+
+
+# After pre-training (BRB's config/autoencoder/baseline_comp.py, with 50 instead of 250
+# pre-training and 60 instead of 400 clustering epochs), BRB does not help on digits. Measured,
+# accuracy per seed 0/1/2:
+#   DEC  off 0.787 0.742 0.746 (mean 0.758)   on 0.763 0.733 0.747 (mean 0.748)
+#   IDEC off 0.815 0.748 0.762 (mean 0.775)   on 0.805 0.732 0.734 (mean 0.757)
+# Also worse (mean over seeds, off -> on): 25+30 epochs T=10: DEC 0.714 -> 0.681, IDEC 0.713 ->
+# 0.692; T=10 over 40/60 epochs; 100 pre-training epochs; alpha 0.9; resetting the embedding
+# layer too; He-uniform phi (BRB code's initialiser); batch 32/64/128; DEC targets per batch;
+# 200 clustering epochs (seed 0: DEC 0.804 -> 0.770, IDEC 0.841 -> 0.762); an augmentation-
+# invariant DEC/IDEC loss as in BRB's configs (seed 0, 200 epochs: DEC 0.827 -> 0.767, IDEC
+# 0.835 -> 0.766).
+# Why: every reset costs accuracy that the following T epochs do not win back: the k-means
+# partition of the perturbed latent space is worse than the one DEC had refined, and DEC then
+# sharpens it. BRB's gains after pre-training come from 400 clustering epochs x N/256 steps on
+# 5-70k samples; on 1,797 samples (7 steps per epoch) there is little plateau to break. The
+# comparison is a strict xfail: it turns into a failure (XPASS) the day it holds, and then the
+# marker must go.
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="after pre-training, BRB is worse than no BRB on digits (see above)")
+def test_brb_is_not_worse_on_average_over_three_seeds_after_pretraining(digits, pretrained) -> None:
+    x, _, y = digits
+    report = _brb_report(x.flatten(1), y, _DEEP.model_copy(update={"epochs": 60}), pretrained)
+    print("BRB after pre-training, accuracies per seed", report)
+    for method in ("dec", "idec"):
         assert np.mean(report[(method, True)]) >= np.mean(report[(method, False)])
 
 

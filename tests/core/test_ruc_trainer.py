@@ -290,3 +290,19 @@ def test_predict_ensemble_is_mean_of_softmaxes(data: dict[str, Any]) -> None:
         expected = (torch.softmax(nets[0].eval()(x), 1) + torch.softmax(nets[1].eval()(x), 1)) / 2
     assert probs.shape == (50, K)
     assert torch.allclose(probs, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("co_training", [True, False])
+def test_prediction_tables_are_the_final_networks_predictions(
+    data: dict[str, Any], tmp_path: Path, co_training: bool
+) -> None:
+    """The tables behind co-refinement, refurbishing and the output are each network's current f(x)."""
+    fp32 = PerfOptions(channels_last=False, autocast_dtype=torch.float32)
+    ckpt = tmp_path / "ruc.pt"
+    out = _run(data, _spec(co_training=co_training), perf=fp32, checkpoint_path=ckpt)
+    fresh = predict_ensemble(out.models, data["images"], 64)
+    assert torch.allclose(out.probs, fresh, atol=1e-5)
+    state = load_state(ckpt)
+    assert state.table.shape == (len(out.models), N, K) and bool(state.ready.all())
+    for table, net in zip(state.table, out.models, strict=True):
+        assert torch.allclose(table, predict_ensemble([net], data["images"], 64), atol=1e-5)
