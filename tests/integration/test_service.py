@@ -190,3 +190,61 @@ def test_killed_worker_job_resumes_from_its_checkpoint(
     assert time.monotonic() - killed_at < 300
     metrics = client.get(f"/v1/jobs/{job_id}/metrics").json()
     assert metrics["epochs"] == list(range(1, 7))
+
+
+# Budgets per method: a few seconds each on one core, enough to land far above chance (0.1).
+# Measured (seed 0): base -> refined accuracy scan 0.618 -> 0.675, dec 0.575 -> 0.617, idec 0.603
+# -> 0.648, dcn 0.651 -> 0.740, gcc 0.560 -> 0.684, and 0.452 -> 0.501, kmeans + auto-K 0.610 -> 0.600.
+_RUC_EPOCHS = 6
+_METHOD_BASES: dict[str, dict[str, Any]] = {
+    "scan": {"scan": {"epochs": 10, "heads": 2, "knn": 10, "self_label": False}},
+    "dec": {"deep": {"pretrain_epochs": 20, "epochs": 10, "hidden_dims": [128, 128]}},
+    "idec": {"deep": {"pretrain_epochs": 20, "epochs": 10, "hidden_dims": [128, 128]}},
+    "dcn": {"deep": {"pretrain_epochs": 20, "epochs": 10, "hidden_dims": [128, 128]}},
+    "gcc": {"gcc": {"epochs": 15}},
+    "and": {"and": {"rounds": 2, "epochs_per_round": 3, "lr": 0.1, "batch_size": 128}},
+}
+
+
+def test_every_base_method_runs_through_the_service_with_ruc_on_top(
+    client: httpx.Client, digits_id: str
+) -> None:
+    # RUC on the metric clean set (kNN in each method's own embedding), as in tests/core/test_digits.py
+    refine = {"strategy": "metric", "knn_k": 10, "weak_augmentations": 1, "label_smoothing": 0.2}
+    job_ids: dict[str, str] = {}
+    for method, extra in _METHOD_BASES.items():
+        spec = small_spec(digits_id, epochs=_RUC_EPOCHS)
+        spec["refine"].update(refine)
+        spec["base"] = {"method": method, "backbone": "small_cnn", "fit_epochs": 2, "pca_dim": 20, **extra}
+        resp = client.post("/v1/jobs", json=spec)
+        assert resp.status_code == 202, (method, resp.text)
+        job_ids[method] = resp.json()["id"]
+    # One auto-K job too: K comes from the estimators' vote, reported in the result.
+    spec = small_spec(digits_id, epochs=_RUC_EPOCHS)
+    spec["num_clusters"] = None
+    spec["base"] = {
+        **spec["base"],
+        "auto_k": {"estimators": ["silhouette", "eigengap"], "k_min": 8, "k_max": 12, "sample_cap": 600},
+    }
+    resp = client.post("/v1/jobs", json=spec)
+    assert resp.status_code == 202, resp.text
+    job_ids["kmeans+auto_k"] = resp.json()["id"]
+
+    def all_done() -> dict[str, dict[str, Any]] | None:
+        jobs = {m: get_job(client, j) for m, j in job_ids.items()}
+        return jobs if all(j["status"] not in ("queued", "running") for j in jobs.values()) else None
+
+    jobs = wait_for(all_done, 600, 1.0, "the base-method jobs")
+    gains: list[float] = []
+    for method, job in jobs.items():
+        assert job["status"] == "succeeded", (method, job)
+        result = client.get(f"/v1/jobs/{job['id']}/result").json()["result"]
+        print(f"{method}: base acc {result['base']['acc']:.3f} -> refined {result['refined']['acc']:.3f}")
+        assert result["base"]["acc"] > 0.4 and result["refined"]["acc"] > 0.4, (method, result["base"])
+        gains.append(result["refined"]["acc"] - result["base"]["acc"])
+        assert len(result["per_epoch"]) == _RUC_EPOCHS, method
+    # RUC on top helps on average (every method's own embedding feeds the metric clean set)
+    assert sum(gains) / len(gains) > 0.03, gains
+    auto = client.get(f"/v1/jobs/{job_ids['kmeans+auto_k']}/result").json()["result"]
+    votes = auto["base_info"]["auto_k"]
+    assert 8 <= votes["k"] <= 12 and set(votes["votes"]) == {"silhouette", "eigengap"}, votes
