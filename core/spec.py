@@ -166,6 +166,17 @@ class AndSpec(_Spec):
     neighbours: int = Field(default=1, ge=1, le=50, description="neighbourhood size (AND's k = 1)")
 
 
+class PretextSpec(_Spec):
+    """SimCLR trained here when no embedding model is uploaded (SCAN's pretext step)."""
+
+    epochs: int = Field(default=100, ge=1, le=2000)
+    batch_size: int = Field(default=256, ge=4, le=8192, description="2 views each: 2B - 2 negatives per view")
+    lr: float = Field(default=1e-3, gt=0, le=1, description="Adam")
+    weight_decay: float = Field(default=1e-6, ge=0, le=1)
+    temperature: float = Field(default=0.5, gt=0, le=10, description="NT-Xent temperature")
+    features_dim: int = Field(default=128, ge=8, le=4096, description="projection size (SCAN's 128)")
+
+
 class BaseSpec(_Spec):
     """How the pseudo-labels that RUC refines are obtained."""
 
@@ -201,6 +212,11 @@ class BaseSpec(_Spec):
     auto_k: AutoKSpec | None = Field(
         default=None, description="estimate the cluster count (then leave num_clusters out)"
     )
+    pretext: PretextSpec | None = Field(
+        default=None,
+        description="train a SimCLR embedding model on the job's images first; it then serves as an "
+        "uploaded embedding model would (features for every method, base network's backbone)",
+    )
     scan: ScanSpec = Field(default_factory=ScanSpec)
     deep: DeepClusteringSpec = Field(default_factory=DeepClusteringSpec, description="dec, idec, dcn")
     brb: BrbSpec = Field(default_factory=BrbSpec, description="soft resets for dec, idec, dcn")
@@ -213,6 +229,15 @@ class BaseSpec(_Spec):
     def _needs(self) -> BaseSpec:
         if self.method == "checkpoint" and not self.clustering_checkpoint_id:
             raise ValueError("base.clustering_checkpoint_id is required when base.method is 'checkpoint'")
+        if self.pretext is not None and self.embedding_checkpoint_id is not None:
+            raise ValueError(
+                "base.pretext trains an embedding model; leave it out when base.embedding_checkpoint_id "
+                "uploads one"
+            )
+        if self.pretext is not None and self.method == "checkpoint":
+            raise ValueError(
+                "base.pretext cannot be used with base.method 'checkpoint': the model is uploaded"
+            )
         if self.auto_k is not None and self.method in ("checkpoint", "labels"):
             raise ValueError(
                 f"base.auto_k cannot be used with base.method '{self.method}': "

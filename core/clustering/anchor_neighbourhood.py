@@ -113,7 +113,7 @@ def _build(inputs: MethodInputs, features_dim: int) -> tuple[AndNet, str]:
     if emb is not None:
         return AndNet(
             copy.deepcopy(emb.backbone), emb.backbone_dim, features_dim, emb.mean.flatten(), emb.std.flatten()
-        ), "embedding_checkpoint"
+        ), inputs.features_source
     _, c, h, w = x.shape
     bb, dim = build_backbone(default_backbone_for(h, w), in_channels=c)
     return AndNet(bb, dim, features_dim, x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-3)), "new"

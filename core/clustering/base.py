@@ -9,6 +9,10 @@ scan, dec, idec, dcn, gcc, and
             its pseudo-labels are the targets of the base network, its embedding the one the
             metric strategy searches.
 
+With ``base.pretext`` and no uploaded embedding model, a SimCLR model is trained on the images
+first (core.clustering.pretext) and used exactly as an uploaded one would be; ``info["pretext"]``
+holds its losses, and the sources below read "pretext" instead of "embedding_checkpoint".
+
 With ``base.auto_k`` (kmeans and the registered methods) K is estimated first on those features
 (core.clustering.autok); the chosen K and every estimator's vote land in ``info["auto_k"]``.
 
@@ -40,6 +44,7 @@ from core.augment import weak_augment
 from core.clustering.autok import estimate_k
 from core.clustering.kmeans import kmeans
 from core.clustering.methods import METHODS, MethodInputs, run_method
+from core.clustering.pretext import train_simclr
 from core.errors import CoreInputError
 from core.hooks import RunHooks
 from core.models import (
@@ -83,6 +88,7 @@ EXACT_PCA_MAX_DIM = 4096
 # Progress of the base_clustering stage (fractions): features up to 0.05, then the K estimate, the
 # clustering itself, and fitting the base network. A registered method trains for many epochs, so it
 # gets the larger share; k-means is quick next to fitting.
+_P_PRETEXT = 0.5  # with base.pretext: its share of the stage; everything else is scaled into the rest
 _P_FEATURES = 0.05
 _P_AUTO_K = 0.1
 _P_CLUSTER_KMEANS = 0.2
@@ -235,6 +241,15 @@ def _sub_hooks(
     return dataclasses.replace(hooks, on_progress=progress, on_epoch=on_epoch or (lambda _row: None))
 
 
+def _rescaled(hooks: RunHooks, lo: float, hi: float) -> RunHooks:
+    """``hooks`` with progress fractions mapped into [lo, hi]; epoch numbers and rows pass through."""
+
+    def progress(fraction: float, epoch: int | None, total: int | None) -> None:
+        hooks.on_progress(lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0), epoch, total)
+
+    return dataclasses.replace(hooks, on_progress=progress)
+
+
 def _checkpoint_path(checkpoint_paths: dict[str, Path], ckpt_id: str, field_name: str) -> Path:
     path = checkpoint_paths.get(ckpt_id)
     if path is None:
@@ -266,7 +281,7 @@ def _check_channels(backbone: nn.Module, channels: int, field_name: str) -> None
 
 
 def _new_base_model(
-    spec: JobSpec, k: int, emb_model: EmbeddingModel | None, images01: torch.Tensor
+    spec: JobSpec, k: int, emb_model: EmbeddingModel | None, images01: torch.Tensor, emb_source: str
 ) -> tuple[ClusteringModel, str]:
     """Fresh ClusteringModel with K heads' outputs: the embedding model's backbone (copied) if
     uploaded, else a new backbone of ``spec.base.backbone`` or the default for the image size."""
@@ -279,7 +294,7 @@ def _new_base_model(
             mean=emb_model.mean.flatten().tolist(),
             std=emb_model.std.flatten().tolist(),
         )
-        return model, "embedding_checkpoint"
+        return model, emb_source
     _, c, h, w = images01.shape
     name = spec.base.backbone or default_backbone_for(h, w)
     bb, dim = build_backbone(name, in_channels=c)
@@ -366,6 +381,24 @@ def run_base(
     info: dict[str, Any] = {"method": method}
 
     emb_model = _load_embedding(spec, checkpoint_paths, dataset.channels)
+    emb_source = "embedding_checkpoint"
+    if emb_model is None and spec.base.pretext is not None:
+        pretext_rows: list[dict[str, Any]] = []
+        emb_model, _ = train_simclr(
+            images01,
+            spec.base.pretext,
+            backbone=spec.base.backbone,
+            seed=spec.seed,
+            hooks=_sub_hooks(hooks, 0.0, _P_PRETEXT, on_epoch=pretext_rows.append),
+        )
+        emb_source = "pretext"
+        info["pretext"] = {
+            "backbone": emb_model.backbone_name,
+            "final_loss": pretext_rows[-1]["loss"] if pretext_rows else None,
+            "per_epoch": pretext_rows,
+        }
+        # the rest of the stage reports its progress in what is left after the pretext training
+        hooks = _rescaled(hooks, _P_PRETEXT, 1.0)
     emb_features: torch.Tensor | None = None
     if emb_model is not None:
         emb_model = emb_model.to(dev).eval()
@@ -389,7 +422,7 @@ def run_base(
         model = model.to(dev).eval()
         probs = predict_probs(model, images01)
         if emb_features is not None:
-            embedding, info["embedding_source"] = emb_features, "embedding_checkpoint"
+            embedding, info["embedding_source"] = emb_features, emb_source
         else:
             embedding = embed_images(model.features, images01)
             info["embedding_source"] = "clustering_checkpoint_backbone"
@@ -405,7 +438,7 @@ def run_base(
         info["pca"] = pca_info
     feats = emb_features if emb_features is not None else pca
     assert feats is not None
-    feature_source = "embedding_checkpoint" if emb_features is not None else "pca"
+    feature_source = emb_source if emb_features is not None else "pca"
     hooks.on_progress(_P_FEATURES, None, None)
 
     if k is None:
@@ -463,7 +496,7 @@ def run_base(
         p_fit = _P_CLUSTER_METHOD
     hooks.on_progress(p_fit, None, None)
 
-    model, bb_source = _new_base_model(spec, k, emb_model, images01)
+    model, bb_source = _new_base_model(spec, k, emb_model, images01, emb_source)
     model = model.to(dev)
     losses = fit_base_network(
         model,

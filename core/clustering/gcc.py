@@ -107,7 +107,7 @@ def _build(inputs: MethodInputs, num_clusters: int, features_dim: int) -> tuple[
             emb.mean.flatten(),
             emb.std.flatten(),
         )
-        return net, "embedding_checkpoint"
+        return net, inputs.features_source
     _, c, h, w = x.shape
     bb, dim = build_backbone(default_backbone_for(h, w), in_channels=c)
     rep = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, features_dim))

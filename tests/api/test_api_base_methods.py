@@ -53,7 +53,18 @@ def test_every_base_method_is_accepted(client: TestClient, keys: Keys, settings:
     r = submit(client, keys.a, ds, base={"method": "and", "and": {"rounds": 2}})
     assert r.status_code == 202, r.text
     assert r.json()["spec"]["base"]["and"]["rounds"] == 2
-    assert _job_count(settings) == 7
+    # SimCLR trained here when nothing is uploaded; its defaults are filled in
+    r = submit(client, keys.a, ds, base={"method": "scan", "pretext": {"epochs": 5}})
+    assert r.status_code == 202, r.text
+    assert r.json()["spec"]["base"]["pretext"] == {
+        "epochs": 5,
+        "batch_size": 256,
+        "lr": 1e-3,
+        "weight_decay": 1e-6,
+        "temperature": 0.5,
+        "features_dim": 128,
+    }
+    assert _job_count(settings) == 8
 
 
 def test_invalid_base_method_parameters_are_named(client: TestClient, keys: Keys, settings: Settings) -> None:
@@ -82,6 +93,9 @@ def test_invalid_base_method_parameters_are_named(client: TestClient, keys: Keys
         ({"num_clusters": None, "base": {"auto_k": {"estimators": ["elbow"]}}}, "base.auto_k.estimators.0"),
         ({"num_clusters": None, "base": {"auto_k": {"sample_cap": 10}}}, "base.auto_k.sample_cap"),
         ({"num_clusters": None, "base": {"method": "labels", "auto_k": {}}}, "base"),
+        ({"base": {"method": "scan", "pretext": {"epochs": 0}}}, "base.pretext.epochs"),
+        ({"base": {"method": "scan", "pretext": {"temperature": -1}}}, "base.pretext.temperature"),
+        ({"base": {"pretext": {}, "embedding_checkpoint_id": "ck"}}, "base"),
         ({"num_clusters": None}, "num_clusters"),
         ({"num_clusters": 3, "base": {"auto_k": {}}}, "num_clusters"),
     ]
