@@ -151,6 +151,11 @@ class GccSpec(_Spec):
         default=1.0, gt=0, le=10, description="assignment contrast temperature"
     )
     entropy_weight: float = Field(default=5.0, ge=0, le=100)
+    warm_start_head: bool = Field(
+        default=True,
+        description="with an uploaded (or pretext) embedding model: start the assignment head at "
+        "soft k-means on its backbone features instead of at random",
+    )
 
 
 class AndSpec(_Spec):
