@@ -229,18 +229,6 @@ def fit_base_network(
     return losses
 
 
-def _sub_hooks(
-    hooks: RunHooks, lo: float, hi: float, *, on_epoch: Callable[[dict[str, Any]], None] | None
-) -> RunHooks:
-    """``hooks`` with progress mapped into [lo, hi] of the stage, without epoch numbers (they
-    would read as RUC's epochs), and epoch rows sent to ``on_epoch`` (None drops them)."""
-
-    def progress(fraction: float, _epoch: int | None, _total: int | None) -> None:
-        hooks.on_progress(lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0), None, None)
-
-    return dataclasses.replace(hooks, on_progress=progress, on_epoch=on_epoch or (lambda _row: None))
-
-
 def _rescaled(hooks: RunHooks, lo: float, hi: float) -> RunHooks:
     """``hooks`` with progress fractions mapped into [lo, hi]; epoch numbers and rows pass through."""
 
@@ -248,6 +236,19 @@ def _rescaled(hooks: RunHooks, lo: float, hi: float) -> RunHooks:
         hooks.on_progress(lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0), epoch, total)
 
     return dataclasses.replace(hooks, on_progress=progress)
+
+
+def _sub_hooks(
+    hooks: RunHooks, lo: float, hi: float, *, on_epoch: Callable[[dict[str, Any]], None] | None
+) -> RunHooks:
+    """``hooks`` with progress mapped into [lo, hi] of the stage, without epoch numbers (they
+    would read as RUC's epochs), and epoch rows sent to ``on_epoch`` (None drops them)."""
+    scaled = _rescaled(hooks, lo, hi)
+
+    def progress(fraction: float, _epoch: int | None, _total: int | None) -> None:
+        scaled.on_progress(fraction, None, None)
+
+    return dataclasses.replace(hooks, on_progress=progress, on_epoch=on_epoch or (lambda _row: None))
 
 
 def _checkpoint_path(checkpoint_paths: dict[str, Path], ckpt_id: str, field_name: str) -> Path:
