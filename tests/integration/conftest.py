@@ -23,7 +23,7 @@ from integration_support import (
 def pg_url() -> Iterator[str]:
     """SQLAlchemy URL of a new, migrated database; dropped at the end of the session."""
     if not _pg_available():
-        pytest.skip(f"Postgres not reachable at {PG_ADMIN_URL} (run .ci/run)")
+        pytest.fail(f"Postgres not reachable at {PG_ADMIN_URL} (run .ci/run, which starts it)")
     import psycopg
 
     name = f"ruc_it_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -46,7 +46,7 @@ def pg_url() -> Iterator[str]:
 def redis_url() -> Iterator[str]:
     """A Redis database number of its own (emptied before and after), so queues never mix."""
     if not _redis_available():
-        pytest.skip(f"Redis not reachable at {REDIS_HOST} (run .ci/run)")
+        pytest.fail(f"Redis not reachable at {REDIS_HOST} (run .ci/run, which starts it)")
     import redis
 
     db = 10 + (os.getpid() % 6)
