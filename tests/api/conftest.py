@@ -50,7 +50,7 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     if not _postgres_available():
-        pytest.skip("Postgres not reachable at " + PG_BASE_URL)
+        pytest.fail("Postgres not reachable at " + PG_BASE_URL + " (run .ci/run, which starts it)")
     schema = f"api_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_BASE_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
