@@ -36,7 +36,7 @@ import torch
 
 from core.models import ClusteringModel, build_backbone
 from core.ruc import PerfOptions, train_ruc
-from core.ruc.trainer import INFERENCE_BATCH_FACTOR, default_perf, nograd_chunk_size
+from core.ruc.perf import INFERENCE_BATCH_FACTOR, default_perf, nograd_chunk_size
 from core.spec import RefineSpec
 
 VARIANTS: dict[str, PerfOptions] = {

@@ -19,3 +19,15 @@ class CoreInputError(ValueError):
 
 class StopRequested(RuntimeError):
     """Raised inside a long run when the caller's ``should_stop`` check says so (cancel)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A training loss became NaN or infinite: a setting (usually the learning rate) is too aggressive.
+
+    Not an input defect and not worth a retry: the same job diverges again. ``field`` names the
+    setting to change.
+    """
+
+    def __init__(self, *, epoch: int, step: int, loss: float, field: str = "refine.lr") -> None:
+        self.epoch, self.step, self.loss, self.field = epoch, step, loss, field
+        super().__init__(f"training diverged at epoch {epoch}, step {step} (loss {loss}); lower {field}")

@@ -44,6 +44,7 @@ from core.models import ClusteringModel, build_backbone
 from core.ruc import RucOutput, train_ruc
 from core.sampling import ensure_clean_per_cluster, select_clean
 from core.spec import JobSpec
+from core.spec.refine import effective_knn_k
 
 __all__ = ["ARTIFACT_NAMES", "STAGES", "JobOutcome", "load_ensemble", "run_job"]
 
@@ -346,8 +347,8 @@ def run_job(
     # -- sampling ------------------------------------------------------------------------------
     with stage("sampling"):
         r = spec.refine
-        knn_k = min(r.knn_k, dataset.n - 1)
-        if knn_k < r.knn_k and r.strategy != "confidence":
+        knn_k = effective_knn_k(r.knn_k, num_samples=dataset.n, num_clusters=k)
+        if r.knn_k is not None and knn_k < r.knn_k and r.strategy != "confidence":
             warn(f"refine.knn_k={r.knn_k} exceeds N-1; using k={knn_k}")
         confidence = base.probs.max(dim=1).values
         initial_mask = select_clean(
@@ -385,6 +386,7 @@ def run_job(
             hooks=hooks,
             checkpoint_path=work_dir / RUC_CHECKPOINT,
             resume=resume,
+            labels=y,
         )
 
     # -- evaluating ----------------------------------------------------------------------------
@@ -443,6 +445,7 @@ def run_job(
             "clean_set": clean_set,
             "robustness": robustness,
             "per_epoch": ruc.per_epoch,
+            "effective": {**ruc.effective, "knn_k": knn_k},
             "agreement": agreement,
             "notes": notes,
             "timings": {},

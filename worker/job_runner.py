@@ -27,7 +27,7 @@ from api.db.crud import job_runs
 from api.db.models import Job
 from api.db.session import session_scope
 from api.settings import Settings, get_settings
-from core.errors import CoreInputError, StopRequested
+from core.errors import CoreInputError, StopRequested, TrainingDiverged
 from core.hooks import RunHooks
 from core.spec import JobSpec
 
@@ -403,7 +403,7 @@ def _execute(
         if lease.lost.is_set():
             return "lease_lost", None, None
         return "cancelled", None, None
-    except CoreInputError as exc:
+    except (CoreInputError, TrainingDiverged) as exc:  # their message is written for the client
         return "failed", str(exc), None
     except Exception as exc:  # anything else still ends the job, with the type for the operator
         log.exception("job %s failed", job_id)

@@ -93,19 +93,6 @@ def minmax_normalise(values: torch.Tensor) -> torch.Tensor:
     return (values - lo) / span
 
 
-def lambda_u_ramp(epoch: int, rampup_epochs: int) -> float:
-    """clip(epoch / rampup_epochs, 0.1, 1.0): the authors' script's ramp of the unlabeled loss weight."""
-    return float(min(max(epoch / rampup_epochs, 0.1), 1.0))
-
-
-TAU2_CAP = 0.999  # tau2 grows every `every` epochs; above this no softmax would pass it in fp32 training
-
-
-def refurbish_tau2(epoch: int, *, start: float, step: float, every: int) -> float:
-    """tau2 = start + step * (epoch // every), capped at TAU2_CAP (A.2: 0.9 + 0.02 every 40 epochs)."""
-    return float(min(start + step * (epoch // every), TAU2_CAP))
-
-
 def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     """Cosine annealing from base_lr at epoch 0 towards 0 at ``epochs`` (A.2), per epoch."""
     return float(base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)))

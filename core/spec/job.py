@@ -9,7 +9,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.spec.base import BaseSpec
 from core.spec.common import _Spec
-from core.spec.refine import RefineSpec
+from core.spec.refine import RefineSpec, smoothing_bound, smoothing_problem
 
 
 class AttackSpec(_Spec):
@@ -63,6 +63,20 @@ class JobSpec(_Spec):
                         type=PydanticCustomError("value_error", problem),
                         loc=("num_clusters",),
                         input=self.num_clusters,
+                    )
+                ],
+            )
+        eps = self.refine.label_smoothing
+        if self.num_clusters is not None and eps is not None and eps >= smoothing_bound(self.num_clusters):
+            raise ValidationError.from_exception_data(
+                "JobSpec",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "value_error", "{problem}", {"problem": smoothing_problem(eps, self.num_clusters)}
+                        ),
+                        loc=("refine", "label_smoothing"),
+                        input=eps,
                     )
                 ],
             )

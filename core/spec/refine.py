@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from core.spec.common import BackboneName, _Spec
 
@@ -14,18 +14,38 @@ class RefineSpec(_Spec):
 
     strategy: Literal["confidence", "metric", "hybrid"] = "hybrid"
     confidence_threshold: float = Field(default=0.99, gt=0, lt=1, description="tau1, A.2")
-    knn_k: int = Field(default=100, ge=1, le=1000, description="k of the metric strategy, A.2")
+    knn_k: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="k of the metric strategy. Default: the paper's ratio (k = 100 for 5,000 images per "
+        "cluster, i.e. 2% of the mean cluster size N/K), bounded to [10, 100] and to N - 1; the "
+        "result's clean_set.knn_k reports the k used",
+    )
     epochs: int = Field(default=200, ge=1, le=2000)
     batch_size: int = Field(default=200, ge=2, le=4096)
     lr: float = Field(default=0.01, gt=0, le=10)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0, le=1)
-    label_smoothing: float = Field(default=0.5, ge=0, lt=1, description="epsilon of Eq. (8); 0 turns it off")
+    label_smoothing: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="epsilon of Eq. (8); 0 turns it off. It must stay below (K-1)/K, else the pseudo-label "
+        "is no longer the largest entry of its target. Default: min(0.5, (K-1)/(K+8)), which is the "
+        "paper's 0.5 for K >= 10 and keeps its ratio of 9 between the pseudo-label's mass and each other "
+        "class's for smaller K (K = 2: 0.1)",
+    )
     lambda_u: float = Field(default=25.0, ge=0, description="weight of the unlabeled MixMatch loss, Eq. (10)")
-    lambda_u_rampup_epochs: int = Field(
-        default=200,
-        ge=1,
-        description="lambda_u is scaled by clip(epoch / this, 0.1, 1) as in the authors' script",
+    lambda_u_rampup: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description="lambda_u is scaled by clip(epoch / R, 0.1, 1) as in the authors' script, with R this "
+        "fraction of refine.epochs (their ramp spans their whole 200-epoch run: 1.0)",
+    )
+    lambda_u_rampup_epochs: int | None = Field(
+        default=None, ge=1, le=100_000, description="absolute R in epochs; overrides lambda_u_rampup"
     )
     sharpen_temperature: float = Field(default=0.5, gt=0, le=10)
     mixup_alpha: float = Field(default=4.0, gt=0)
@@ -34,15 +54,27 @@ class RefineSpec(_Spec):
     randaugment_m: int = Field(default=2, ge=1, le=30)
     refurbish_threshold: float = Field(default=0.9, gt=0, le=1, description="tau2 at epoch 0")
     refurbish_step: float = Field(default=0.02, ge=0, le=1)
-    refurbish_every: int = Field(default=40, ge=1)
+    refurbish_every: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="epochs between tau2 steps. Default: a fifth of refine.epochs (A.2's 40 of 200), so "
+        "tau2 reaches refurbish_threshold + 4 refurbish_step in the last fifth whatever the run's length",
+    )
     refurbish_mode: Literal["epoch", "batch"] = Field(
         default="epoch",
         description="epoch: the paper (end of epoch, more confident network, rising tau2); "
         "batch: the authors' script (inside the batch loop, fixed 0.99, current network)",
     )
-    co_training: bool = True
-    mixmatch: bool = True
-    refurbish: bool = True
+    co_training: bool = Field(default=True, description="two networks that refine each other's labels")
+    mixmatch: bool = Field(default=True, description="off: drops L_Xhat and L_Uhat (both MixMatch terms)")
+    refurbish: bool = Field(default=True, description="co-refurbishing, Eq. (18)-(19)")
+    strong_loss: bool = Field(
+        default=True, description="L_Xs: smoothed cross-entropy on the strong view of clean samples"
+    )
+    unlabeled_loss: bool = Field(
+        default=True, description="L_Uhat: the unlabeled MixMatch term (off keeps the mixing and L_Xhat)"
+    )
     min_clean_per_cluster: int = Field(
         default=1,
         ge=0,
@@ -62,3 +94,44 @@ class RefineSpec(_Spec):
         description="bf16 autocast (with channels_last) on CUDA and on CPUs with native bf16 "
         "(AVX512-BF16/AMX); other CPUs always run float32",
     )
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> RefineSpec:
+        if not self.strong_loss and not self.mixmatch:
+            raise ValueError("strong_loss and mixmatch are both off: no loss term is left to train on")
+        return self
+
+
+def smoothing_bound(num_clusters: int) -> float:
+    """Largest epsilon (exclusive) of Eq. (8) that leaves the pseudo-label the largest target entry.
+
+    The pseudo-label keeps 1 - eps and every other class gets eps / (K - 1): 1 - eps > eps / (K - 1)
+    exactly when eps < (K - 1) / K.
+    """
+    return (num_clusters - 1) / num_clusters
+
+
+def smoothing_problem(eps: float, num_clusters: int) -> str:
+    bound = smoothing_bound(num_clusters)
+    return (
+        f"label_smoothing {eps:g} must be below (K-1)/K = {bound:.4g} for K = {num_clusters}: otherwise "
+        "the pseudo-label gets no more target mass than the other clusters"
+    )
+
+
+def default_label_smoothing(num_clusters: int) -> float:
+    """min(0.5, (K-1)/(K+8)): A.2's 0.5 for K >= 10; below, the paper's 9:1 ratio of target masses."""
+    return min(0.5, (num_clusters - 1) / (num_clusters + 8))
+
+
+KNN_K_PAPER_RATIO = 100 / 5000  # A.2: k = 100 on CIFAR-10's 5,000 images per cluster
+KNN_K_BOUNDS = (10, 100)
+
+
+def effective_knn_k(knn_k: int | None, *, num_samples: int, num_clusters: int) -> int:
+    """k of the metric strategy: the spec's value, else the paper's ratio of the mean cluster size
+    N/K bounded to KNN_K_BOUNDS; never more than N - 1 neighbours exist."""
+    if knn_k is None:
+        lo, hi = KNN_K_BOUNDS
+        knn_k = min(max(round(KNN_K_PAPER_RATIO * num_samples / num_clusters), lo), hi)
+    return max(1, min(knn_k, num_samples - 1))

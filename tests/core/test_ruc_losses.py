@@ -9,21 +9,20 @@ import pytest
 import torch
 
 from core.ruc.losses import (
-    TAU2_CAP,
     co_refine,
     cosine_lr,
     guess_labels,
-    lambda_u_ramp,
     minmax_normalise,
     mix,
     mixmatch_lambda,
     probs_squared_error,
-    refurbish_tau2,
     sharpen,
     smooth_labels,
     soft_cross_entropy,
 )
 from core.ruc.refurbish import apply_refurbish, refurbish_candidates
+from core.ruc.schedules import TAU2_CAP, resolve_schedule
+from core.spec import RefineSpec
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
@@ -101,14 +100,65 @@ def test_minmax_normalise() -> None:
     assert torch.equal(minmax_normalise(torch.full((3,), 0.7)), torch.zeros(3))
 
 
-def test_schedules() -> None:
-    assert [refurbish_tau2(e, start=0.9, step=0.02, every=40) for e in (0, 39, 40, 80, 199)] == pytest.approx(
-        [0.9, 0.9, 0.92, 0.94, 0.98]
+def test_schedules_at_the_papers_200_epochs_match_a2() -> None:
+    sched = resolve_schedule(RefineSpec(epochs=200), num_clusters=10)
+    assert [sched.tau2_at(e) for e in (0, 39, 40, 80, 199)] == pytest.approx([0.9, 0.9, 0.92, 0.94, 0.98])
+    assert [sched.lambda_u_at(e) / 25 for e in (0, 10, 20, 100, 199)] == pytest.approx(
+        [0.1, 0.1, 0.1, 0.5, 0.995]
     )
-    assert refurbish_tau2(10_000, start=0.9, step=0.02, every=40) == TAU2_CAP
-    assert [lambda_u_ramp(e, 200) for e in (0, 10, 20, 100, 200, 400)] == pytest.approx(
-        [0.1, 0.1, 0.1, 0.5, 1.0, 1.0]
+    assert sched.label_smoothing == 0.5
+    long = resolve_schedule(RefineSpec(epochs=200, refurbish_every=1, refurbish_step=0.02), num_clusters=10)
+    assert long.tau2_at(10_000) == TAU2_CAP
+
+
+@pytest.mark.parametrize("epochs", [3, 10, 30, 77])
+def test_schedules_keep_their_proportions_whatever_the_epoch_count(epochs: int) -> None:
+    """lambda_u reaches its full weight near the end and tau2 its 4th step in the last fifth."""
+    sched = resolve_schedule(RefineSpec(epochs=epochs), num_clusters=10)
+    assert sched.lambda_u_at(epochs - 1) == pytest.approx(25 * max((epochs - 1) / epochs, 0.1))
+    assert sched.tau2_at(epochs - 1) == pytest.approx(0.98)
+    assert sched.tau2_at(0) == pytest.approx(0.9)
+    first_fifth = [e for e in range(epochs) if e < epochs / 5]
+    assert all(sched.tau2_at(e) == pytest.approx(0.9) for e in first_fifth)
+
+
+def test_absolute_schedule_overrides_win_and_are_reported() -> None:
+    sched = resolve_schedule(
+        RefineSpec(epochs=30, lambda_u_rampup_epochs=200, refurbish_every=40), num_clusters=10
     )
+    assert sched.lambda_u_at(29) == pytest.approx(25 * 29 / 200)
+    assert sched.tau2_at(29) == pytest.approx(0.9)
+    assert sched.report()["lambda_u_rampup_source"] == "spec"
+    assert sched.report()["refurbish_every_source"] == "spec"
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 10, 100])
+def test_default_label_smoothing_keeps_the_pseudo_label_largest(k: int) -> None:
+    eps = resolve_schedule(RefineSpec(), num_clusters=k).label_smoothing
+    target = smooth_labels(torch.tensor([0]), k, eps)[0]
+    assert target[0] > target[1:].max() * 8.99
+    assert (eps == 0.5) == (k >= 10)
+
+
+def test_label_smoothing_at_or_over_the_bound_is_refused_naming_the_field() -> None:
+    from pydantic import ValidationError
+
+    from core.errors import CoreInputError
+    from core.spec import JobSpec
+
+    with pytest.raises(ValidationError) as err:
+        JobSpec(dataset_id="d", num_clusters=2, refine={"label_smoothing": 0.5})
+    assert err.value.errors()[0]["loc"] == ("refine", "label_smoothing")
+    assert "(K-1)/K" in str(err.value)
+    with pytest.raises(ValidationError):
+        JobSpec(dataset_id="d", num_clusters=3, refine={"label_smoothing": 0.7})
+    JobSpec(dataset_id="d", num_clusters=3, refine={"label_smoothing": 0.6})
+    # auto-K: K is known only at run time, where the same bound applies
+    with pytest.raises(CoreInputError, match="refine.label_smoothing"):
+        resolve_schedule(RefineSpec(label_smoothing=0.6), num_clusters=2)
+
+
+def test_cosine_lr() -> None:
     assert cosine_lr(0.01, 0, 200) == pytest.approx(0.01)
     assert cosine_lr(0.01, 100, 200) == pytest.approx(0.005)
     assert cosine_lr(0.01, 50, 200) == pytest.approx(0.005 * (1 + math.cos(math.pi / 4)))

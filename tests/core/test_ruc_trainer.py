@@ -13,7 +13,7 @@ from core.errors import CoreInputError, StopRequested
 from core.hooks import RunHooks
 from core.models import ClusteringModel, build_backbone
 from core.ruc import PerfOptions, RucOutput, load_state, predict_ensemble, train_ruc
-from core.ruc.trainer import _build_net
+from core.ruc.networks import build_net as _build_net
 from core.spec import RefineSpec
 
 N, K = 240, 3
@@ -70,7 +70,7 @@ def _check_output(out: RucOutput) -> None:
     assert torch.allclose(out.probs.sum(dim=1), torch.ones(N), atol=1e-5)
     for m in out.per_epoch:
         for key in ("loss_xs", "loss_x", "loss_u", "mean_confidence"):
-            assert math.isfinite(m[key]), (key, m)
+            assert m[key] is None or math.isfinite(m[key]), (key, m)  # None: the term is switched off
 
 
 def test_full_ruc_learns_and_reports(data: dict[str, Any]) -> None:
@@ -90,9 +90,10 @@ def test_full_ruc_learns_and_reports(data: dict[str, Any]) -> None:
     assert [m["lambda_u_eff"] for m in epochs] == pytest.approx([2.5, 25 / 3, 50 / 3])
     assert epochs[0]["lr"] == pytest.approx(0.01) and epochs[2]["lr"] < epochs[1]["lr"] < 0.01
     assert all(m["loss_x"] > 0 and m["loss_u"] > 0 for m in epochs)
-    # the refined clustering agrees with the (hidden) truth far above chance (1/3)
+    # RUC corrects its noisy input labels: the refined clustering beats them on the hidden truth
     acc = (out.probs.argmax(dim=1) == data["truth"]).float().mean().item()
-    assert acc > 0.8
+    given = (data["pseudo"] == data["truth"]).float().mean().item()
+    assert acc > given + 0.05, (acc, given)
     assert out.models[0].cluster_head[0].weight.data_ptr() != out.models[1].cluster_head[0].weight.data_ptr()
     assert not torch.equal(out.models[0].cluster_head[0].weight, out.models[1].cluster_head[0].weight)
 
@@ -140,7 +141,7 @@ def test_batch_refurbish_mode_runs_with_fixed_threshold(data: dict[str, Any]) ->
 def test_mixmatch_off_trains_only_on_strong_clean_views(data: dict[str, Any]) -> None:
     out = _run(data, _spec(mixmatch=False))
     _check_output(out)
-    assert all(m["loss_x"] == 0 and m["loss_u"] == 0 and m["loss_xs"] > 0 for m in out.per_epoch)
+    assert all(m["loss_x"] is None and m["loss_u"] is None and m["loss_xs"] > 0 for m in out.per_epoch)
 
 
 def test_single_network_without_co_training(data: dict[str, Any]) -> None:
@@ -306,3 +307,49 @@ def test_prediction_tables_are_the_final_networks_predictions(
     assert state.table.shape == (len(out.models), N, K) and bool(state.ready.all())
     for table, net in zip(state.table, out.models, strict=True):
         assert torch.allclose(table, predict_ensemble([net], data["images"], 64), atol=1e-5)
+
+
+def test_each_loss_switch_drops_its_term(data: dict[str, Any]) -> None:
+    no_strong = _run(data, _spec(strong_loss=False))
+    no_unlabeled = _run(data, _spec(unlabeled_loss=False))
+    _check_output(no_strong)
+    _check_output(no_unlabeled)
+    assert all(m["loss_xs"] is None and m["loss_x"] > 0 and m["loss_u"] > 0 for m in no_strong.per_epoch)
+    assert all(m["loss_u"] is None and m["lambda_u_eff"] == 0 for m in no_unlabeled.per_epoch)
+    full = _run(data, _spec())
+    assert not torch.allclose(full.probs, no_strong.probs)
+    assert not torch.allclose(full.probs, no_unlabeled.probs)
+    with pytest.raises(ValueError, match="strong_loss"):
+        RefineSpec(strong_loss=False, mixmatch=False)
+
+
+def test_divergence_stops_with_epoch_step_and_the_setting_to_change(data: dict[str, Any]) -> None:
+    import copy
+
+    from core.errors import TrainingDiverged
+
+    poisoned = copy.deepcopy(data["base"])
+    with torch.no_grad():
+        poisoned.cluster_head[0].weight.fill_(float("inf"))  # its logits are inf - inf: NaN losses
+    with pytest.raises(TrainingDiverged) as err:
+        _run({**data, "base": poisoned}, _spec(reinit_head=False))
+    message = str(err.value)
+    assert message == "training diverged at epoch 1, step 1 (loss nan); lower refine.lr", message
+    assert not isinstance(err.value, CoreInputError)  # not the client's data: no "bad input" message
+
+
+def test_labels_give_per_epoch_clean_set_and_refurbishing_quality(data: dict[str, Any]) -> None:
+    spec = _spec(epochs=3, refurbish_threshold=0.5, label_smoothing=0.0)
+    out = _run(data, spec, labels=data["truth"].numpy())
+    blind = _run(data, spec)
+    assert torch.equal(out.probs, blind.probs)  # labels are read for reporting only
+    last = out.per_epoch[-1]
+    for key in ("clean_precision", "clean_recall", "clean_f1", "refurbished_precision", "refurbished_recall"):
+        assert 0 <= last[key] <= 1, key
+    # refurbished samples carry mostly correct labels, and refurbishing raised the clean set's recall
+    assert last["refurbished_precision"] > 0.8
+    assert last["clean_recall"] > out.per_epoch[0]["clean_recall"] or out.per_epoch[0]["refurbished"] > 0
+    assert "clean_precision" not in blind.per_epoch[-1]
+    assert out.effective["label_smoothing"] == 0.0 and out.effective["refurbish_every"] == pytest.approx(
+        3 / 5
+    )

@@ -1,0 +1,72 @@
+"""How RUC's arithmetic runs (memory format, autocast, chunk sizes); results differ only by rounding."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.spec import RefineSpec
+
+INFERENCE_BATCH_FACTOR = 4  # no-grad forwards keep no activations, so they afford 4x the batch size
+
+
+@dataclass(frozen=True)
+class PerfOptions:
+    """None picks the device default.
+
+    channels_last: NHWC memory format for networks and inputs (default: on CUDA only).
+    autocast_dtype: dtype of autocast regions (default: bfloat16 on CUDA when the spec's
+        mixed_precision is set, float32 everywhere on the CPU).
+    """
+
+    channels_last: bool | None = None
+    autocast_dtype: torch.dtype | None = None
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 dot products natively (AVX512-BF16 or AMX), Linux only."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_perf(device: torch.device, spec: RefineSpec) -> PerfOptions:
+    """The arithmetic ``train_ruc`` uses unless told otherwise.
+
+    CUDA: channels_last, bf16 autocast when ``spec.mixed_precision``. CPU: the same when the CPU
+    has native bf16 (bench/ruc_epoch.py on a 2-core AMD EPYC with AVX512-BF16: channels_last +
+    bf16 is the only variant near the compute target there), else float32 NCHW, because
+    emulated bf16 is slower than float32.
+    """
+    if device.type == "cuda" or cpu_has_native_bf16():
+        return PerfOptions(
+            channels_last=True, autocast_dtype=torch.bfloat16 if spec.mixed_precision else None
+        )
+    return PerfOptions(channels_last=False, autocast_dtype=None)
+
+
+def resolve_perf(
+    device: torch.device, spec: RefineSpec, perf: PerfOptions | None
+) -> tuple[bool, torch.dtype | None]:
+    """(channels_last, autocast dtype or None for float32) from ``perf`` over the device default."""
+    perf = perf or PerfOptions()
+    default = default_perf(device, spec)
+    channels_last = perf.channels_last if perf.channels_last is not None else bool(default.channels_last)
+    dtype = perf.autocast_dtype if perf.autocast_dtype is not None else default.autocast_dtype
+    return channels_last, None if dtype == torch.float32 else dtype
+
+
+def nograd_chunk_size(device: torch.device, batch_size: int) -> int:
+    """Images per forward without gradients inside a training step.
+
+    Eval mode makes predictions independent of the batch, so chunking changes no result; on the
+    CPU, chunks of B keep the transient activations of 400+ images from raising the peak memory
+    at no cost in speed, while a GPU prefers larger launches.
+    """
+    return batch_size if device.type == "cpu" else INFERENCE_BATCH_FACTOR * batch_size

@@ -1,0 +1,255 @@
+"""One training pass of one RUC network: per step the views, the targets and the losses.
+
+Per step of network k: a clean batch x (B samples of X) and an unclean batch u (B of U).
+
+* L_Xs: CE between the label-smoothed pseudo-label (Eq. (8)) and f_k(strong(x)).
+* Co-refinement (Eq. (11)-(12)): y_bar = Sharpen((1 - w) y + w f_partner(x), T), f_partner(x)
+  the partner's prediction table, w its max, min-max normalised over the dataset.
+* Label guessing (Eq. (13)-(14)): q_bar = Sharpen(mean of both networks over M weak views of u).
+* MixMatch (Eq. (1)-(7)): one lambda' per batch mixes [x views, u views] with a permutation of
+  itself; CE on the mixed X part, squared error of the softmax on the mixed U part.
+
+The training forward is split into chunks of B images (the strong clean view, then the mixed
+batch strided so every chunk holds X and U rows alike, which is MixMatch's interleaving), so
+BatchNorm always normalises over B samples and only B images' activations are alive at a time;
+gradients accumulate over the chunks before one SGD step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from core.augment import strong_augment, weak_augment
+from core.errors import TrainingDiverged
+from core.hooks import RunHooks
+from core.models.inference import autocast, predict_softmax, softmax_chunks, to_layout, u8_to_float
+from core.ruc.losses import (
+    co_refine,
+    guess_labels,
+    mix,
+    mixmatch_lambda,
+    probs_squared_error,
+    smooth_labels,
+    soft_cross_entropy,
+)
+from core.ruc.perf import INFERENCE_BATCH_FACTOR
+from core.ruc.refurbish import apply_refurbish, refurbish_candidates
+from core.ruc.runtime import Runtime
+from core.spec import RefineSpec
+
+BATCH_REFURBISH_THRESHOLD = 0.99  # the authors' script's fixed in-loop threshold (refurbish_mode="batch")
+STOP_CHECK_EVERY = 10  # steps between should_stop() and divergence checks: a cancel waits < 10 steps
+
+
+@dataclass(frozen=True)
+class PassSettings:
+    """What a pass needs besides the runtime: K, this epoch's weights and its number (1-based)."""
+
+    num_clusters: int
+    label_smoothing: float
+    lambda_u: float
+    epoch: int
+
+
+@dataclass
+class _Views:
+    x: torch.Tensor  # (B, C, H, W) unaugmented clean batch
+    u: torch.Tensor | None  # (B, C, H, W) unaugmented unclean batch
+    x_strong: torch.Tensor
+    x_weak: list[torch.Tensor]
+    u_weak: list[torch.Tensor]
+
+
+def _cycled_order(n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """``length`` indices in [0, n): whole random permutations of range(n) concatenated (CPU int64)."""
+    reps = math.ceil(length / n)
+    return torch.cat([torch.randperm(n, generator=generator) for _ in range(reps)])[:length]
+
+
+def _views(
+    rt: Runtime, images: torch.Tensor, xb: torch.Tensor, ub: torch.Tensor | None, spec: RefineSpec
+) -> _Views:
+    cl, gen = rt.channels_last, rt.generator
+    x = u8_to_float(images, xb, cl)
+    u = u8_to_float(images, ub, cl) if ub is not None else None
+    x_strong = x
+    if spec.strong_loss:
+        x_strong = to_layout(strong_augment(x, n=spec.randaugment_n, m=spec.randaugment_m, generator=gen), cl)
+    x_weak: list[torch.Tensor] = []
+    u_weak: list[torch.Tensor] = []
+    if spec.mixmatch:
+        x_weak = [to_layout(weak_augment(x, generator=gen), cl) for _ in range(spec.weak_augmentations)]
+        if u is not None:
+            u_weak = [to_layout(weak_augment(u, generator=gen), cl) for _ in range(spec.weak_augmentations)]
+    return _Views(x=x, u=u, x_strong=x_strong, x_weak=x_weak, u_weak=u_weak)
+
+
+def _targets(
+    rt: Runtime,
+    k: int,
+    v: _Views,
+    xb: torch.Tensor,
+    ub: torch.Tensor | None,
+    spec: RefineSpec,
+    k_clusters: int,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(y_bar (B, K) co-refined labels, q_bar (B, K) guessed labels or None); batch refurbishing.
+
+    One concatenated no-grad forward per network: its own views of u (label guessing), its own
+    f(x) without co-training, and u itself when refurbishing inside the batch loop.
+    """
+    net = rt.nets[k]
+    co = len(rt.nets) == 2
+    partner_slot = 1 - k if co else k
+    n_x = xb.numel()
+    n_u = ub.numel() if ub is not None else 0
+    own_x = spec.mixmatch and not co  # its own current f(x) replaces the partner's table
+    own_u = spec.refurbish and spec.refurbish_mode == "batch" and v.u is not None
+    parts = ([v.x] if own_x else []) + ([v.u] if own_u and v.u is not None else []) + v.u_weak
+    net.eval()
+    own = (
+        softmax_chunks(net, torch.cat(parts), chunk=rt.nograd_chunk, autocast_dtype=rt.autocast_dtype)
+        if parts
+        else None
+    )
+    at = 0
+    p_x = rt.table[partner_slot][xb]
+    if own_x and own is not None:
+        p_x, at = own[:n_x], n_x
+    if own_u and own is not None and ub is not None:
+        accept, labels = refurbish_candidates(own[None, at : at + n_u], BATCH_REFURBISH_THRESHOLD)
+        apply_refurbish(rt.clean, rt.pseudo, ub, accept, labels)
+        at += n_u
+    if not spec.mixmatch:
+        return None, None
+    q_bar = None
+    if n_u and own is not None:
+        guesses = [own[at:].view(spec.weak_augmentations, n_u, k_clusters)]
+        if co:
+            partner = rt.nets[1 - k]
+            partner.eval()
+            p = softmax_chunks(
+                partner, torch.cat(v.u_weak), chunk=rt.nograd_chunk, autocast_dtype=rt.autocast_dtype
+            )
+            guesses.append(p.view(spec.weak_augmentations, n_u, k_clusters))
+        q_bar = guess_labels(torch.cat(guesses), spec.sharpen_temperature)  # (B, K)
+    y = F.one_hot(rt.pseudo[xb], k_clusters).float()
+    weights = rt.table_weight(partner_slot)[xb]
+    y_bar = co_refine(y, p_x, weights, spec.sharpen_temperature)  # (B, K)
+    return y_bar, q_bar
+
+
+def _backward(
+    rt: Runtime,
+    k: int,
+    v: _Views,
+    xb: torch.Tensor,
+    targets: tuple[torch.Tensor | None, torch.Tensor | None],
+    spec: RefineSpec,
+    ps: PassSettings,
+) -> torch.Tensor:
+    """Forward/backward of L = L_Xs + L_Xhat + lambda_u L_Uhat in chunks of B; returns (3,) detached terms."""
+    net, dev, bsz = rt.nets[k], xb.device, spec.batch_size
+    terms = torch.zeros(3, device=dev)
+    net.train()
+    if spec.strong_loss:
+        with autocast(dev, rt.autocast_dtype):
+            logits_s = net(v.x_strong)
+        smoothed = smooth_labels(rt.pseudo[xb], ps.num_clusters, ps.label_smoothing)
+        loss_xs = soft_cross_entropy(logits_s, smoothed).mean()
+        loss_xs.backward()
+        terms[0] = loss_xs.detach()
+        del logits_s, loss_xs
+    y_bar, q_bar = targets
+    if not spec.mixmatch or y_bar is None:
+        return terms
+    views = spec.weak_augmentations
+    inputs = torch.cat(v.x_weak + v.u_weak)  # (V*B_x + V*B_u, C, H, W)
+    mixed_t_in = torch.cat([y_bar] * views + ([q_bar] * views if q_bar is not None else []))
+    lam = mixmatch_lambda(spec.mixup_alpha, rt.np_rng)
+    perm = torch.randperm(inputs.shape[0], generator=rt.generator).to(dev)
+    mixed_x, mixed_t = mix(inputs, mixed_t_in, lam, perm)
+    del inputs
+    v.x_weak, v.u_weak = [], []  # the mixed batch replaces them: free the views before the forwards
+    n_lab = views * xb.numel()
+    n_unl = mixed_x.shape[0] - n_lab
+    n_chunks = max(1, round(mixed_x.shape[0] / bsz))
+    for j in range(n_chunks):
+        rows = torch.arange(j, mixed_x.shape[0], n_chunks, device=dev)
+        with autocast(dev, rt.autocast_dtype):
+            logits = net(to_layout(mixed_x[rows], rt.channels_last))
+        is_lab = rows < n_lab
+        loss_x = soft_cross_entropy(logits[is_lab], mixed_t[rows][is_lab]).sum() / n_lab
+        loss = loss_x
+        if n_unl and spec.unlabeled_loss:
+            loss_u = probs_squared_error(logits[~is_lab], mixed_t[rows][~is_lab]).sum() / n_unl
+            loss = loss + ps.lambda_u * loss_u
+            terms[2] += loss_u.detach()
+        loss.backward()
+        terms[1] += loss_x.detach()
+        del logits, loss, loss_x
+    return terms
+
+
+def _check_finite(step_terms: torch.Tensor, first_step: int, ps: PassSettings) -> None:
+    """Raise TrainingDiverged at the first step whose loss terms (S, 3) are not all finite."""
+    bad = ~torch.isfinite(step_terms).all(dim=1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        row = step_terms[i]
+        value = float(row[~torch.isfinite(row)][0])
+        raise TrainingDiverged(epoch=ps.epoch, step=first_step + i + 1, loss=value)
+
+
+def train_pass(
+    k: int, rt: Runtime, images: torch.Tensor, spec: RefineSpec, ps: PassSettings, hooks: RunHooks
+) -> tuple[torch.Tensor, int]:
+    """Train network k for one pass over the clean set, then refresh its prediction table.
+
+    An epoch of network k has ceil(|X| / B) steps; clean samples are visited in a fresh random
+    order (topped up to whole batches), unclean samples are drawn cyclically in random order.
+    Returns (loss sums (3,) = [L_Xs, L_Xhat, L_Uhat] over the steps, detached; number of steps).
+    Raises TrainingDiverged at the first non-finite loss (checked every STOP_CHECK_EVERY steps).
+    """
+    dev, bsz, gen = images.device, spec.batch_size, rt.generator
+    clean_idx = rt.clean.nonzero().squeeze(1)
+    unclean_idx = (~rt.clean).nonzero().squeeze(1)
+    steps = math.ceil(clean_idx.numel() / bsz)
+    clean_order = clean_idx[_cycled_order(clean_idx.numel(), steps * bsz, gen).to(dev)]
+    unclean_order = None
+    if unclean_idx.numel():
+        unclean_order = unclean_idx[_cycled_order(unclean_idx.numel(), steps * bsz, gen).to(dev)]
+    step_terms = torch.zeros(steps, 3, device=dev)
+    checked = 0
+    opt = rt.optimizers[k]
+    for step in range(steps):
+        if step and step % STOP_CHECK_EVERY == 0:
+            _check_finite(step_terms[checked:step], checked, ps)
+            checked = step
+            hooks.check_stop(f"network {k + 1}, step {step}")
+        xb = clean_order[step * bsz : (step + 1) * bsz]
+        ub = unclean_order[step * bsz : (step + 1) * bsz] if unclean_order is not None else None
+        views = _views(rt, images, xb, ub, spec)
+        targets = _targets(rt, k, views, xb, ub, spec, ps.num_clusters)
+        opt.zero_grad(set_to_none=True)
+        step_terms[step] = _backward(rt, k, views, xb, targets, spec, ps)
+        del views, targets
+        opt.step()
+        # Gradients are dead until the next backward: freeing them now keeps them out of the
+        # peak of the no-grad forwards and of the partner's pass (45 MB per ResNet-18).
+        opt.zero_grad(set_to_none=True)
+    _check_finite(step_terms[checked:], checked, ps)
+    rt.table[k] = predict_softmax(
+        rt.nets[k],
+        images,
+        batch_size=INFERENCE_BATCH_FACTOR * rt.nograd_chunk,
+        chunk=rt.nograd_chunk,
+        channels_last=rt.channels_last,
+        autocast_dtype=rt.autocast_dtype,
+    )
+    rt.ready[k] = True
+    return step_terms.sum(dim=0), steps
