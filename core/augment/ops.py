@@ -1,4 +1,4 @@
-"""Batched image operations of RandAugment (RUC Table 4), each on float (B, C, H, W) in [0, 1].
+"""Batched image operations of both augmentation recipes, each on float (B, C, H, W) in [0, 1].
 
 Every op takes per-sample parameters as a (B,) tensor, so one call transforms a whole subset of a
 batch. Semantics follow PIL's ``ImageOps``/``ImageEnhance`` (which the RUC and FixMatch code use)
@@ -6,6 +6,8 @@ on the 0..255 scale where that matters (Posterize, Solarize, Equalize), without 
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -114,13 +116,19 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def affine(
-    x: torch.Tensor, matrix: torch.Tensor, translation: torch.Tensor, *, fill: float = 0.5
+    x: torch.Tensor,
+    matrix: torch.Tensor,
+    translation: torch.Tensor,
+    *,
+    fill: float = 0.5,
+    mode: Literal["bilinear", "nearest"] = "bilinear",
 ) -> torch.Tensor:
     """Warp each sample with its own affine map in centred pixel coordinates, one grid_sample.
 
     matrix: (B, 2, 2) and translation: (B, 2), both in pixels about the image centre, mapping an
     output pixel position (x, y) to the input position it reads: in = matrix @ out + translation.
-    Pixels read from outside the image take ``fill`` (grey, as FixMatch's RandAugment).
+    Pixels read from outside the image take ``fill`` (grey, as FixMatch's RandAugment; PIL's
+    default, which the RUC code keeps, is black). ``mode`` is the resampling (PIL's default: nearest).
     """
     b, _, h, w = x.shape
     # Normalised coordinates scale x by 2/W and y by 2/H; conjugate the pixel map into them.
@@ -130,7 +138,7 @@ def affine(
     theta = torch.cat([theta_lin, theta_t[:, :, None]], dim=2)  # (B, 2, 3)
     grid = F.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
     # Sampling x - fill with zero padding and adding fill back makes the outside equal to fill.
-    out = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(x - fill, grid, mode=mode, padding_mode="zeros", align_corners=False)
     return (out + fill).clamp(0.0, 1.0)
 
 
@@ -152,3 +160,52 @@ def shear_y_matrix(r: torch.Tensor) -> torch.Tensor:
     """(B,) shear factors -> (B, 2, 2): input y = out y + r * out x (PIL's ShearY)."""
     one, zero = torch.ones_like(r), torch.zeros_like(r)
     return torch.stack([torch.stack([one, zero], -1), torch.stack([r, one], -1)], -2).to(torch.float32)
+
+
+def _crop_coords(start: torch.Tensor, length: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalised sample positions (B, size) of ``size`` output pixels spread over [start, start+length).
+
+    Positions are those of ``interpolate(align_corners=False)`` of the crop, clamped to the
+    crop's first and last pixel centres as it clamps to the crop's border.
+    """
+    k = torch.arange(size, device=start.device, dtype=torch.float32)[None, :]
+    s, n = start.to(torch.float32)[:, None], length.to(torch.float32)[:, None]
+    src = s + (k + 0.5) * n / size - 0.5  # pixel-centre index into the image
+    src = torch.minimum(torch.maximum(src, s), s + n - 1)
+    return (src + 0.5) * 2.0 / size - 1.0
+
+
+def resized_crop(
+    x: torch.Tensor,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    height: torch.Tensor,
+    width: torch.Tensor,
+    flip: torch.Tensor,
+) -> torch.Tensor:
+    """Crop each sample's box and resize it (bilinear) to the input size, mirrored where ``flip``.
+
+    top, left, height, width: (B,) int pixel boxes inside the image; flip: (B,) bool. Matches
+    torchvision's ``resized_crop`` (+ ``hflip``) per sample, in one ``grid_sample`` for the batch.
+    """
+    b, _, h, w = x.shape
+    gx = _crop_coords(left, width, w)  # (B, W)
+    gx = torch.where(flip[:, None], gx.flip(1), gx)
+    gy = _crop_coords(top, height, h)  # (B, H)
+    grid = torch.stack([gx[:, None, :].expand(b, h, w), gy[:, :, None].expand(b, h, w)], dim=-1)
+    out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    return out.clamp(0.0, 1.0)
+
+
+def cutout(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int, *, fill: float) -> torch.Tensor:
+    """Set the square ``[top, top+size) x [left, left+size)`` of each sample (clipped) to ``fill``.
+
+    top, left: (B,) int pixel offsets; size in pixels. All channels get the same value.
+    """
+    _, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device)[None, :]  # (1, H)
+    cols = torch.arange(w, device=x.device)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)  # (B, H)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)  # (B, W)
+    box = in_rows[:, None, :, None] & in_cols[:, None, None, :]  # (B, 1, H, W)
+    return torch.where(box, torch.full_like(x, fill), x)

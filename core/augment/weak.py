@@ -1,4 +1,4 @@
-"""Weak augmentation: random crop with reflect padding plus horizontal flip (RUC A.2, SCAN/FixMatch).
+"""The ``paper`` weak view: random crop with reflect padding plus horizontal flip (RUC A.2, as SCAN/FixMatch).
 
 Crop and flip are a single gather: every output pixel reads one input pixel whose index is the
 crop offset plus the (possibly mirrored) column, reflected at the border. That replaces padding,

@@ -8,6 +8,23 @@ from pydantic import Field, model_validator
 
 from core.spec.common import BackboneName, _Spec
 
+# The names of core.augment's recipes (core.augment.RECIPES is derived from this).
+AugmentationRecipe = Literal["paper", "reference"]
+
+_AUGMENTATION_DOC = (
+    "Which augmentation recipe makes the weak and strong views. "
+    "paper: as the RUC paper reads (A.2, Table 4): weak = random crop (reflect padding of 1/8 "
+    "of the side) + horizontal flip; strong = RandAugment of randaugment_n ops drawn with "
+    "replacement from Table 4, each always applied, its parameter uniform over Table 4's range "
+    "(randaugment_m = 2; smaller m shrinks the ranges towards the identity), no crop, flip or "
+    "cutout. reference: as the authors' public scripts do: weak = RandomResizedCrop(scale 0.2-1) "
+    "+ horizontal flip; strong = the same crop and flip + RandAugmentMC (randaugment_n distinct "
+    "ops, each applied with p = 0.5 at one fixed strength for randaugment_m = 2, e.g. brightness "
+    "factor 0.109, rotation +-41 degrees; needs 2 <= randaugment_m <= 10) + a grey Cutout of half "
+    "the image side. The reference views are much harsher: the weak view crops up to 80% of the "
+    "area away and every strong view loses up to a quarter of its pixels to the cutout."
+)
+
 
 class RefineSpec(_Spec):
     """RUC retraining (Algorithm 1). Each robust-learning component has a switch for ablations."""
@@ -52,6 +69,7 @@ class RefineSpec(_Spec):
     weak_augmentations: int = Field(default=2, ge=1, le=8, description="M of Algorithm 1")
     randaugment_n: int = Field(default=2, ge=1, le=5)
     randaugment_m: int = Field(default=2, ge=1, le=30)
+    augmentation: AugmentationRecipe = Field(default="paper", description=_AUGMENTATION_DOC)
     refurbish_threshold: float = Field(default=0.9, gt=0, le=1, description="tau2 at epoch 0")
     refurbish_step: float = Field(default=0.02, ge=0, le=1)
     refurbish_every: int | None = Field(
