@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from core.augment import strong_augment, weak_augment
+from core.augment import strong_view, weak_view
 from core.errors import TrainingDiverged
 from core.hooks import RunHooks
 from core.models.inference import autocast, predict_softmax, softmax_chunks, to_layout, u8_to_float
@@ -78,13 +78,22 @@ def _views(
     u = u8_to_float(images, ub, cl) if ub is not None else None
     x_strong = x
     if spec.strong_loss:
-        x_strong = to_layout(strong_augment(x, n=spec.randaugment_n, m=spec.randaugment_m, generator=gen), cl)
+        strong = strong_view(
+            x, recipe=spec.augmentation, n=spec.randaugment_n, m=spec.randaugment_m, generator=gen
+        )
+        x_strong = to_layout(strong, cl)
     x_weak: list[torch.Tensor] = []
     u_weak: list[torch.Tensor] = []
     if spec.mixmatch:
-        x_weak = [to_layout(weak_augment(x, generator=gen), cl) for _ in range(spec.weak_augmentations)]
+        x_weak = [
+            to_layout(weak_view(x, recipe=spec.augmentation, generator=gen), cl)
+            for _ in range(spec.weak_augmentations)
+        ]
         if u is not None:
-            u_weak = [to_layout(weak_augment(u, generator=gen), cl) for _ in range(spec.weak_augmentations)]
+            u_weak = [
+                to_layout(weak_view(u, recipe=spec.augmentation, generator=gen), cl)
+                for _ in range(spec.weak_augmentations)
+            ]
     return _Views(x=x, u=u, x_strong=x_strong, x_weak=x_weak, u_weak=u_weak)
 
 
