@@ -28,7 +28,8 @@ def clustering_report(
     ``ece_bins`` equal-width bins), num_samples. With labels y_true (N,) int: acc (Hungarian),
     nmi, ari, ece (Eq. 20, confidence = max prob, correct = Hungarian-mapped argmax == true),
     reliability, confusion (aligned, see ``aligned_confusion``), mapping (cluster -> class, -1
-    when unmatched), num_classes, and many_to_one_acc when K > #classes (else None). Without
+    when unmatched), num_classes and many_to_one_acc (each cluster labelled with its majority
+    class: the figure of over-clustered jobs, K > #classes; >= acc always). Without
     labels those keys are None and ``unavailable_reason`` says why.
     """
     p = np.asarray(probs, dtype=np.float64)
@@ -76,6 +77,6 @@ def clustering_report(
         confusion=aligned_confusion(t, pred, num_clusters),
         mapping=[int(v) for v in mapping],
         num_classes=num_classes,
-        many_to_one_acc=many_to_one_accuracy(t, pred, num_clusters) if num_clusters > num_classes else None,
+        many_to_one_acc=many_to_one_accuracy(t, pred, num_clusters),
     )
     return report

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from core.atomic import atomic_torch_save
 from core.spec import RefineSpec
 
 FORMAT_VERSION = 2  # 2: per-network prediction tables replace recorded confidences
@@ -71,19 +71,8 @@ def input_fingerprint(
 
 
 def save_state(state: RucState, path: Path) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(asdict(state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write ``state`` to ``path`` atomically (``core.atomic``): the old file or the new, never a torn one."""
+    atomic_torch_save(asdict(state), Path(path))
 
 
 def load_state(path: Path) -> RucState:

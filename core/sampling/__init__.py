@@ -1,5 +1,6 @@
-"""Clean/unclean split of the pseudo-labels (RUC section 3.1) and the kNN it needs."""
+"""Clean/unclean split of the pseudo-labels (RUC section 3.1), the default ``auto`` rule and the kNN."""
 
+from core.sampling.auto import auto_clean, select_clean_set
 from core.sampling.knn import knn_indices
 from core.sampling.strategies import (
     Strategy,
@@ -11,6 +12,7 @@ from core.sampling.strategies import (
 )
 
 __all__ = [
+    "auto_clean",
     "Strategy",
     "confidence_mask",
     "ensure_clean_per_cluster",
@@ -18,4 +20,5 @@ __all__ = [
     "knn_majority",
     "metric_mask",
     "select_clean",
+    "select_clean_set",
 ]

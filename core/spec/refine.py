@@ -29,7 +29,26 @@ _AUGMENTATION_DOC = (
 class RefineSpec(_Spec):
     """RUC retraining (Algorithm 1). Each robust-learning component has a switch for ablations."""
 
-    strategy: Literal["confidence", "metric", "hybrid"] = "hybrid"
+    strategy: Literal["auto", "confidence", "metric", "hybrid"] = Field(
+        default="auto",
+        description="clean-set selection (section 3.1). confidence: max prob > tau1; metric: the kNN "
+        "majority pseudo-label agrees; hybrid: both (the paper). auto: hybrid for each cluster where at "
+        "least auto_min_fraction of its members pass it, else the cluster's auto_cluster_fraction "
+        "best-ranked kNN-consistent members (kNN agreement + confidence): usable whatever the base "
+        "network's confidence (core.sampling.auto)",
+    )
+    auto_min_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="auto: share of a cluster that must pass hybrid for the cluster to use hybrid",
+    )
+    auto_cluster_fraction: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="auto: share of a cluster kept, by rank, where hybrid keeps too few",
+    )
     confidence_threshold: float = Field(default=0.99, gt=0, lt=1, description="tau1, A.2")
     knn_k: int | None = Field(
         default=None,

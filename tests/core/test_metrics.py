@@ -15,9 +15,11 @@ from core.errors import CoreInputError
 from core.metrics import (
     aligned_confusion,
     ari,
+    assignment_agreement,
     clean_set_quality,
     cluster_accuracy,
     clustering_report,
+    collapse_signs,
     expected_calibration_error,
     hungarian_match,
     many_to_one_accuracy,
@@ -199,3 +201,56 @@ def test_bad_inputs_name_the_field() -> None:
         cluster_accuracy(np.array([0, 1]), np.array([0, 5]), 2)
     with pytest.raises(CoreInputError, match="probs"):
         clustering_report(np.ones((3, 2)) / 2, None, num_clusters=3)
+
+
+def test_many_to_one_reported_whatever_k() -> None:
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.eye(3)[[0, 0, 0, 1, 2, 2]] * 0.8 + 0.2 / 3
+    r = clustering_report(probs, y_true, num_clusters=3)
+    # Cluster 0 = {0, 0, 1}: majority class 0 -> 2 right; clusters 1, 2 all right: 5 of 6.
+    assert r["many_to_one_acc"] == pytest.approx(5 / 6) and r["acc"] == pytest.approx(5 / 6)
+
+
+def _onehot(pred: np.ndarray, k: int, conf: float = 0.9) -> np.ndarray:
+    return np.eye(k)[pred] * (conf - (1 - conf) / (k - 1)) + (1 - conf) / (k - 1)
+
+
+def test_collapse_signs_quiet_on_a_relabelled_refinement() -> None:
+    base = np.repeat(np.arange(4), 25)
+    refined = (base + 1) % 4  # renumbered, same partition
+    refined[:10] = 3  # 10 of 100 samples move: a normal refinement
+    c = collapse_signs(base, _onehot(refined, 4), num_clusters=4)
+    assert c["suspected"] is False and c["fired"] == []
+    assert c["figures"]["agreement"] == pytest.approx(0.9)
+    assert c["figures"]["normalised_confidence"] == pytest.approx((0.9 - 0.25) / 0.75)
+
+
+def test_each_collapse_sign_fires_on_its_case() -> None:
+    base = np.repeat(np.arange(4), 25)
+    one_cluster = collapse_signs(base, _onehot(np.zeros(100, dtype=int), 4), num_clusters=4)
+    assert {f["sign"] for f in one_cluster["fired"]} == {
+        "agreement",
+        "new_empty_clusters",
+        "merged_clusters",
+        "size_entropy_ratio",
+    }
+    assert (
+        one_cluster["figures"]["new_empty_clusters"] == 3
+        and one_cluster["figures"]["size_entropy_ratio"] == 0.0
+    )
+    merged = base.copy()
+    merged[merged == 1] = 0  # clusters 0 and 1 merge, cluster 1 empties; sizes 50/25/25
+    m = collapse_signs(base, _onehot(merged, 4), num_clusters=4)
+    assert {f["sign"] for f in m["fired"]} == {"new_empty_clusters", "merged_clusters", "size_entropy_ratio"}
+    h = -(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25))
+    assert m["figures"]["size_entropy_ratio"] == pytest.approx(h / np.log(4))  # 0.75 < 0.8
+    assert m["figures"]["agreement"] == pytest.approx(0.75)
+    uniform = collapse_signs(base, np.full((100, 4), 0.25) + np.eye(4)[base] * 0.01, num_clusters=4)
+    assert [f["sign"] for f in uniform["fired"]] == ["normalised_confidence"]
+    assert all(f["message"] for f in uniform["fired"])
+
+
+def test_assignment_agreement_is_permutation_invariant() -> None:
+    base = np.array([0, 0, 1, 1, 2, 2])
+    a = assignment_agreement(base, np.array([2, 2, 0, 0, 1, 0]), 3)
+    assert a["aligned"] == pytest.approx(5 / 6) and a["raw"] == 0.0 and a["mapping"] == [1, 2, 0]

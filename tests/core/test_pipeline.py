@@ -102,7 +102,20 @@ def test_run_job_labeled_end_to_end(tmp_path: Path) -> None:
     assert (
         init["precision"] is not None and 0 < init["size"] <= N and sum(init["per_cluster"]) == init["size"]
     )
-    assert r["clean_set"]["final"]["size"] >= init["size"]  # refurbishing only adds
+    # The final clean set is the initial one plus what refurbishing accepted, epoch by epoch
+    # (that refurbishing grows it on real data is checked in test_collapse.py on digits).
+    refurbished = sum(e["refurbished"] for e in r["per_epoch"])
+    assert r["clean_set"]["final"]["size"] == init["size"] + refurbished
+    assert r["clean_set"]["selected"] == "hybrid" and "explicitly" in r["clean_set"]["reason"]
+    assert r["best_run"]["index"] == 0 and len(r["runs"]) == 1
+    assert r["summary"]["acc"]["mean"] == r["refined"]["acc"] and r["summary"]["acc"]["std"] is None
+    assert set(r["collapse"]["figures"]) == {
+        "agreement",
+        "normalised_confidence",
+        "new_empty_clusters",
+        "merged_clusters",
+        "size_entropy_ratio",
+    }
     for name in ("base", "refined"):
         rob = r["robustness"][name]
         assert rob["num_samples"] == 24 and len(rob["attacks"]) == 2
@@ -352,3 +365,99 @@ def test_base_stops_between_epochs() -> None:
     with pytest.raises(StopRequested):
         run_base(_spec(fit_epochs=50), _synthetic(), device="cpu", hooks=RunHooks(should_stop=should_stop))
     assert calls["n"] == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# the default clean-set rule and several seeds in one job
+# ----------------------------------------------------------------------------------------------
+
+
+def test_default_auto_strategy_reports_its_decision(tmp_path: Path) -> None:
+    spec = _spec().model_copy(update={"refine": RefineSpec(knn_k=5, epochs=1, batch_size=16)})
+    r = run_job(spec, _synthetic(), device="cpu", work_dir=tmp_path).result
+    cs = r["clean_set"]
+    assert cs["strategy"] == "auto" and cs["selected"] in ("hybrid", "ranked", "mixed")
+    inputs = cs["decision"]["inputs"]
+    assert inputs["confidence_threshold"] == 0.99 and inputs["knn_k"] == 5
+    assert 0 <= inputs["hybrid_fraction"] <= inputs["metric_fraction"] <= 1
+    ranked, hybrid = cs["decision"]["clusters_ranked"], cs["decision"]["clusters_hybrid"]
+    assert sorted(ranked + hybrid) == [c for c in range(K) if r["base"]["cluster_sizes"][c] > 0]
+    # A ranked cluster keeps ceil(auto_cluster_fraction * size) of its kNN-consistent members at most.
+    for c in ranked:
+        assert 1 <= cs["initial"]["per_cluster"][c] <= -(-r["base"]["cluster_sizes"][c] // 2)
+    assert "tau1=0.99" in cs["reason"]
+
+
+def _repeats_spec(**update: object) -> JobSpec:
+    """Over-clustered (K = 4 clusters for 3 classes) so that many-to-one accuracy matters."""
+    d = _spec().model_dump()
+    d.update(num_clusters=K + 1, **update)
+    d["refine"].update(epochs=2)
+    return JobSpec.model_validate(d)
+
+
+def test_repeats_report_every_run_mean_and_std(tmp_path: Path) -> None:
+    progress: list[tuple[str, float, int | None, int | None]] = []
+    stage = {"now": ""}
+
+    def on_stage(name: str) -> None:
+        stage["now"] = name
+
+    hooks = RunHooks(on_stage=on_stage, on_progress=lambda f, e, t: progress.append((stage["now"], f, e, t)))
+    out = run_job(_repeats_spec(repeats=3), _synthetic(), device="cpu", work_dir=tmp_path, hooks=hooks)
+    r = out.result
+    assert [run["seed"] for run in r["runs"]] == [3, 4, 5]
+    for name in ("acc", "nmi", "ari", "ece", "many_to_one_acc", "robustness.clean_accuracy"):
+        values = [run["refined"][name] for run in r["runs"]] if "." not in name else None
+        s = r["summary"][name]
+        if values is not None:
+            assert s["values"] == values
+        assert s["mean"] == pytest.approx(float(np.mean(s["values"])))
+        assert s["std"] == pytest.approx(float(np.std(s["values"], ddof=1)))
+    attack_keys = [key for key in r["summary"] if key.startswith("robustness.fgsm")]
+    assert attack_keys == ["robustness.fgsm_eps0.0157.accuracy", "robustness.fgsm_eps0.0157.stability"]
+    # Over-clustered: many-to-one accuracy counts every cluster, so it is at least Hungarian's.
+    for run in r["runs"]:
+        assert run["refined"]["many_to_one_acc"] >= run["refined"]["acc"]
+    # The artifacts are the best run's: its assignments are those of assignments.csv.
+    best = r["best_run"]["index"]
+    assert r["best_run"]["seed"] == r["runs"][best]["seed"] and len(r["best_run"]["consensus"]) == 3
+    rows = list(csv.reader(out.artifacts["assignments.csv"].open()))[1:]
+    sizes = np.bincount([int(row[3]) for row in rows], minlength=K + 1).tolist()
+    assert sizes == r["runs"][best]["refined"]["cluster_sizes"] == r["refined"]["cluster_sizes"]
+    # One continuous refinement for the hooks: epochs 1..6 of 6, progress never goes back.
+    assert [(e["epoch"], e["run"], e["run_epoch"]) for e in r["per_epoch"]] == [
+        (1, 0, 1), (2, 0, 2), (3, 1, 1), (4, 1, 2), (5, 2, 1), (6, 2, 2)
+    ]  # fmt: skip
+    refining = [(f, e, t) for st, f, e, t in progress if st == "refining"]
+    assert [f for f, _, _ in refining] == sorted(f for f, _, _ in refining) and refining[-1][0] == 1.0
+    assert {t for _, _, t in refining if t is not None} == {6}
+    assert [p.name for p in sorted(tmp_path.glob("run_*"))] == [
+        "run_0_seed_3",
+        "run_1_seed_4",
+        "run_2_seed_5",
+    ]
+
+
+def test_repeats_resume_continues_the_run_it_was_in(tmp_path: Path) -> None:
+    ds = _synthetic()
+    spec = _repeats_spec(seeds=[7, 2])
+    full = run_job(spec, ds, device="cpu", work_dir=tmp_path / "a").result
+
+    seen: list[int] = []
+    stop_in_second_run = RunHooks(
+        on_epoch=lambda m: seen.append(m["epoch"]), should_stop=lambda: len(seen) >= 3
+    )
+    with pytest.raises(StopRequested):
+        run_job(spec, ds, device="cpu", work_dir=tmp_path / "b", hooks=stop_in_second_run)
+    assert seen == [1, 2, 3]
+    resumed_epochs: list[tuple[int, int]] = []
+    resumed = run_job(
+        spec,
+        ds,
+        device="cpu",
+        work_dir=tmp_path / "b",
+        hooks=RunHooks(on_epoch=lambda m: resumed_epochs.append((m["run"], m["run_epoch"]))),
+    ).result
+    assert resumed_epochs == [(1, 2)]  # run 0 was complete, run 1 continues at its epoch 2
+    assert _comparable(resumed) == _comparable(full)

@@ -1,0 +1,24 @@
+"""One whole job: base clustering -> clean-set sampling -> RUC -> evaluation -> artifacts.
+
+Stages (``hooks.on_stage``), one function each: loading, base_clustering, sampling
+(``stages.py``), refining (``refining.py``), evaluating and saving (``job.py``, over
+``evaluating.py``, ``result.py``, ``artifacts.py``).
+
+Resuming: ``work_dir/base.pt`` caches the base output (``base_cache.py``), so a resumed job never
+redoes or changes its base; each RUC run checkpoints after every epoch (``layout.run_checkpoint``)
+and continues from there. Everything else is a deterministic function of those files and the
+spec, so a stopped-and-resumed job gives the result of an uninterrupted one.
+
+Several runs (``repeats`` / ``seeds`` in the job spec) share the base and the clean set; each
+refines with its own seed, the result reports every run and the mean and std of every figure,
+and the artifacts come from the best run by a label-free criterion (``runs.py``).
+
+Artifacts (``artifacts.py``, each written atomically): ``refined_ensemble.safetensors``,
+``assignments.csv``, ``result.json``.
+"""
+
+from core.pipeline.artifacts import load_ensemble
+from core.pipeline.job import JobOutcome, run_job
+from core.pipeline.layout import ARTIFACT_NAMES, STAGES
+
+__all__ = ["ARTIFACT_NAMES", "STAGES", "JobOutcome", "load_ensemble", "run_job"]

@@ -1,0 +1,24 @@
+"""Names shared by the pipeline's modules: stages, artifacts and the files of a job's work folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGES = ("loading", "base_clustering", "sampling", "refining", "evaluating", "saving")
+ARTIFACT_NAMES = ("refined_ensemble.safetensors", "assignments.csv", "result.json")
+BASE_CACHE = "base.pt"
+RUC_CHECKPOINT = "ruc_checkpoint.pt"
+# Inference and attack batches: no activations kept for training, so larger than training batches.
+EVAL_BATCH_SIZE = 512
+
+
+def run_checkpoint(work_dir: Path, index: int, seed: int, runs: int) -> Path:
+    """Where run ``index`` (of ``runs``) with refinement seed ``seed`` checkpoints RUC.
+
+    A single run keeps ``work_dir/ruc_checkpoint.pt`` (the worker reports resumes from there);
+    several runs each get ``work_dir/run_<index>_seed_<seed>/``, so a resumed job finds every
+    finished run complete and continues the one it was in.
+    """
+    if runs == 1:
+        return work_dir / RUC_CHECKPOINT
+    return work_dir / f"run_{index}_seed_{seed}" / RUC_CHECKPOINT
