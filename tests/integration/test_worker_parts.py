@@ -1,15 +1,11 @@
-"""Worker pieces on an embedded SQLite database: webhook signing and delivery to a real local HTTP
-server, progress mapping, heartbeat loss detection, validation outcomes."""
+"""Worker pieces on an embedded SQLite database: progress mapping, heartbeat loss detection,
+validation outcomes, whole runs (webhooks: test_webhooks.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
-import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -61,67 +57,8 @@ def _rows(*, dataset_path: str = "datasets/d/data.npz") -> tuple[str, str]:
         return ds.id, job.id
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    received: list[tuple[dict[str, str], bytes]] = []
-    status = 200
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        self.send_response(type(self).status)
-        self.end_headers()
-
-    def log_message(self, *_args: Any) -> None:
-        return None
-
-
-@pytest.fixture()
-def webhook_server() -> Iterator[tuple[str, type[_Recorder]]]:
-    handler = type("Recorder", (_Recorder,), {"received": [], "status": 200})
-    server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", handler
-    server.shutdown()
-
-
-def test_callback_is_signed_with_hmac_sha256_over_timestamp_and_body(
-    settings: Settings, webhook_server: tuple[str, type[_Recorder]]
-) -> None:
-    from worker.job_runner import post_callback
-
-    url, handler = webhook_server
-    _, job_id = _rows()
-    post_callback(job_id, url, {"id": job_id, "status": "succeeded", "error": None}, settings)
-    assert len(handler.received) == 1
-    headers, body = handler.received[0]
-    assert json.loads(body) == {"id": job_id, "status": "succeeded", "error": None}
-    expected = hmac.new(
-        b"s3cret", headers["x-ruc-timestamp"].encode() + b"." + body, hashlib.sha256
-    ).hexdigest()
-    assert headers["x-ruc-signature"] == f"sha256={expected}"
-    with session_scope() as s:
-        assert job_runs.list_event_messages(s, job_id)[-1] == "callback delivered (200)"
-
-
-def test_callback_failures_become_events(
-    settings: Settings, webhook_server: tuple[str, type[_Recorder]]
-) -> None:
-    from worker.job_runner import post_callback
-
-    url, handler = webhook_server
-    handler.status = 500
-    _, job_id = _rows()
-    post_callback(job_id, url, {"id": job_id}, settings)
-    post_callback(job_id, "http://127.0.0.1:1/unreachable", {"id": job_id}, settings)
-    with session_scope() as s:
-        messages = job_runs.list_event_messages(s, job_id)
-    assert messages[-2] == "callback answered 500"
-    assert messages[-1].startswith("callback failed: ConnectError")
-
-
 def test_overall_progress_is_monotonic_across_stages_and_ends_at_one() -> None:
-    from worker.job_runner import STAGES, overall_progress, stage_weights
+    from worker.progress import STAGES, overall_progress, stage_weights
 
     spec = JobSpec(dataset_id="ds_x", num_clusters=10, refine={"epochs": 50}, base={"fit_epochs": 10})
     weights = stage_weights(spec)
@@ -132,12 +69,13 @@ def test_overall_progress_is_monotonic_across_stages_and_ends_at_one() -> None:
 
 
 def test_heartbeat_notices_a_lost_lease(settings: Settings) -> None:
-    from worker.job_runner import LeaseKeeper
+    from worker.leases import LeaseKeeper
 
     _, job_id = _rows()
     with session_scope() as s:
-        assert job_runs.claim_job(s, job_id, owner="me", lease_seconds=30).outcome == "claimed"
-    with LeaseKeeper(job_id, "me", settings) as keeper:
+        claim = job_runs.claim_job(s, job_id, owner="me", lease_seconds=30)
+        assert claim.outcome == "claimed"
+    with LeaseKeeper(claim.lease, settings) as keeper:
         assert not keeper.lost.wait(1.5)
         with session_scope() as s:
             s.execute(update(Job).where(Job.id == job_id).values(lease_owner="someone-else"))
@@ -224,7 +162,8 @@ def _blobs_npz(n: int = 96) -> bytes:
 
 
 def test_run_job_delivery_stores_result_metrics_events_and_artifacts(settings: Settings) -> None:
-    from worker.job_runner import run_job_delivery, sha256_file
+    from worker.artifacts import sha256_file
+    from worker.job_runner import run_job_delivery
 
     job_id = _job_with_dataset(settings, _blobs_npz())
     assert run_job_delivery(job_id, settings=settings, device="cpu", owner="w1") == "succeeded"
@@ -251,9 +190,9 @@ def test_run_job_delivery_stores_result_metrics_events_and_artifacts(settings: S
     assert {a.name for a in artifacts} == {"refined_ensemble.safetensors", "assignments.csv", "result.json"}
     for a in artifacts:
         path = settings.storage_dir / a.path
-        assert a.path.startswith(f"jobs/{job_id}/artifacts/") and path.stat().st_size == a.size
+        assert a.path.startswith(f"jobs/{job_id}/artifacts/1/") and path.stat().st_size == a.size
         assert sha256_file(path) == a.sha256
-    assert not (settings.storage_dir / "jobs" / job_id / "work").exists()
+    assert not (settings.storage_dir / "jobs" / job_id / "attempts").exists()
 
 
 def test_bad_input_fails_the_job_with_the_reason(settings: Settings) -> None:
