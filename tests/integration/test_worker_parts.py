@@ -250,3 +250,56 @@ def test_cancel_requested_mid_run_ends_cancelled_and_a_stolen_lease_writes_nothi
     outcome, job = run_and_interfere({"lease_owner": "thief"}, "w2")
     assert outcome == "lease_lost"
     assert job.status == "running" and job.lease_owner == "thief" and job.result is None
+
+
+def test_a_worker_whose_lease_was_taken_over_writes_nothing_and_deletes_nothing(settings: Settings) -> None:
+    from sqlalchemy import func, select
+
+    from api.db.models import Artifact, JobEvent, JobMetric
+    from worker import job_runner
+
+    slow_eval = {
+        "attacks": [{"kind": "bim", "eps": [0.01, 0.02, 0.03, 0.05, 0.08, 0.1], "steps": 100}],
+        "attack_max_samples": 96,
+    }
+    job_id = _job_with_dataset(settings, _blobs_npz(), {"evaluate": slow_eval})
+    root = settings.storage_dir / "jobs" / job_id
+    # The heartbeat must not notice first: the stale worker learns of the takeover only from its writes.
+    quiet = settings.model_copy(update={"heartbeat_seconds": 120})
+    seen: dict[str, Any] = {}
+
+    def counts() -> tuple[int, ...]:
+        with session_scope() as s:
+            return tuple(
+                s.scalar(select(func.count()).select_from(t).where(t.job_id == job_id))
+                for t in (JobEvent, JobMetric, Artifact)
+            )
+
+    def take_over() -> None:
+        stop = threading.Event()
+        while not stop.wait(0.02):
+            with session_scope() as s:
+                job = job_runs.get_job(s, job_id)
+                if job is None or job.stage != "evaluating":
+                    continue
+            with session_scope() as s:  # w1 stalled past its lease; w2's delivery claims the job
+                s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=job.heartbeat_at))
+                seen["claim"] = job_runs.claim_job(s, job_id, owner="w2", lease_seconds=600).outcome
+            seen["counts"] = counts()
+            seen["files"] = {p for p in root.rglob("*") if p.is_file()}
+            return
+
+    t = threading.Thread(target=take_over, daemon=True)
+    t.start()
+    outcome = job_runner.run_job_delivery(job_id, settings=quiet, device="cpu", owner="w1")
+    t.join(timeout=5)
+    assert seen.get("claim") == "claimed", "the takeover did not happen during evaluating"
+    assert outcome == "lease_lost"
+    with session_scope() as s:
+        job = job_runs.get_job(s, job_id)
+    assert job is not None and job.status == "running" and job.lease_owner == "w2" and job.attempts == 2
+    assert job.result is None and job.stage == "evaluating"
+    assert counts() == seen["counts"], "the stale worker wrote events, metrics or artifacts"
+    missing = sorted(str(p.relative_to(root)) for p in seen["files"] if not p.exists())
+    assert missing == [], f"the stale worker deleted {missing}"
+    print(f"files kept for the new owner: {sorted(str(p.relative_to(root)) for p in seen['files'])}")
