@@ -162,7 +162,8 @@ def vet(url: str, settings: Settings, deadline: float) -> Target:
     names, networks = _allow_list(settings)
     allowed = host.lower() in names
     for _family, ip in addresses:
-        if not (allowed or is_public(ip) or any(ip in net for net in networks)):
+        plain = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
+        if not (allowed or is_public(ip) or any(plain in net for net in networks)):
             raise Refused("callback refused: address not public")
     family, ip = addresses[0]
     return Target(parts.scheme, host, port, target, family, ip)
