@@ -94,6 +94,8 @@ def run_job_delivery(
         job = claim.job
     if claim.outcome != "claimed" or job is None:
         log.info("job %s: delivery dropped (%s) %s", job_id, claim.outcome, claim.detail)
+        if job is not None and claim.outcome in ("exhausted", "cancelled"):  # this delivery ended it
+            _queue_callback(job, publish or _celery_publish)
         return f"dropped: {claim.outcome}"
     lease = claim.lease
     try:
