@@ -110,8 +110,13 @@ def test_validation_records_ready_with_facts_or_invalid_with_the_reason(settings
         assert good.facts["count"] == 12 and good.facts["channels"] == 3 and good.facts["label_count"] == 3
         assert noimg is not None and noimg.reason and "images" in noimg.reason
         assert garbage is not None and garbage.status == "invalid" and garbage.reason
-    # A row is decided once: a redelivered message does not flip it back.
+    # A row is decided once: a redelivered message (the recovery sweep sends duplicates) does not
+    # read the file again nor flip the row, even when the file has gone meanwhile.
+    (settings.storage_dir / "datasets/good/data.npz").unlink()
     assert validate_dataset(ids["good"]) == "ready"
+    with session_scope() as s:
+        again = job_runs.get_dataset(s, ids["good"])
+        assert again is not None and again.status == "ready" and again.reason is None
     assert validate_dataset("ds_missing") == "missing"
 
     with session_scope() as s:
