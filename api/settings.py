@@ -47,7 +47,24 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
-    webhook_secret: str = Field(default="", description="HMAC-SHA256 key that signs callback_url deliveries")
+    webhook_secret: str = Field(
+        default="",
+        description="Standard Webhooks key for callback_url deliveries (whsec_<base64>, or any string "
+        "used as UTF-8 bytes); empty: one is generated once into {data_dir}/webhook_secret",
+    )
+    webhook_allow_hosts: str = Field(
+        default="",
+        description="Comma-separated host names, IPs or CIDRs that callbacks may reach although they are "
+        "not public addresses (loopback, private, link-local ...)",
+    )
+    webhook_retry_seconds: float = Field(
+        default=10.0, gt=0, description="Delay before a failed callback's first retry; doubles each time"
+    )
+    requeue_seconds: int = Field(
+        default=300,
+        ge=1,
+        description="A queued job or validating upload unclaimed this long is sent to the broker again",
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

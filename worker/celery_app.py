@@ -25,16 +25,24 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from api.settings import Settings, get_settings
-from worker.recovery import TASK_RUN_JOB as _RECOVERY_TASK
 from worker.recovery import install as install_recovery
+from worker.task_names import (
+    CPU_QUEUE,
+    GPU_QUEUE,
+    TASK_QUEUES,
+    TASK_RUN_JOB,
+    TASK_VALIDATE_CHECKPOINT,
+    TASK_VALIDATE_DATASET,
+)
 
-GPU_QUEUE = "gpu"
-CPU_QUEUE = "cpu"
-
-TASK_RUN_JOB = "jobs.run"
-TASK_VALIDATE_DATASET = "uploads.validate_dataset"
-TASK_VALIDATE_CHECKPOINT = "uploads.validate_checkpoint"
-assert _RECOVERY_TASK == TASK_RUN_JOB
+__all__ = [
+    "CPU_QUEUE",
+    "GPU_QUEUE",
+    "TASK_RUN_JOB",
+    "TASK_VALIDATE_CHECKPOINT",
+    "TASK_VALIDATE_DATASET",
+    "app",
+]
 
 # 7 days: longer than any job we accept (2000 epochs cap on the spec); see module doc.
 VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
@@ -55,7 +63,9 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery(
-        "ruc_service", broker=settings.broker_url, include=["worker.tasks.jobs", "worker.tasks.uploads"]
+        "ruc_service",
+        broker=settings.broker_url,
+        include=["worker.tasks.jobs", "worker.tasks.uploads", "worker.tasks.webhooks"],
     )
     app.conf.update(
         broker_transport_options=broker_transport_options(settings),
@@ -69,11 +79,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
             Queue(CPU_QUEUE, Exchange(CPU_QUEUE, type="direct"), routing_key=CPU_QUEUE),
         ],
         task_default_queue=CPU_QUEUE,
-        task_routes={
-            TASK_RUN_JOB: {"queue": GPU_QUEUE, "routing_key": GPU_QUEUE},
-            TASK_VALIDATE_DATASET: {"queue": CPU_QUEUE, "routing_key": CPU_QUEUE},
-            TASK_VALIDATE_CHECKPOINT: {"queue": CPU_QUEUE, "routing_key": CPU_QUEUE},
-        },
+        task_routes={name: {"queue": q, "routing_key": q} for name, q in TASK_QUEUES.items()},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -1,47 +1,71 @@
-"""Re-enqueue jobs whose worker died, so a killed worker's job resumes within ~``lease_seconds``.
+"""Send again every job or upload that may have lost its broker message, so nothing waits forever.
 
-A worker that is SIGKILLed (OOM, node loss) leaves its job ``running`` with a lease that stops being
-renewed. The broker alone recovers slowly or not at all (Redis redelivers an unacked message only
-after the visibility timeout, which must exceed the longest job; the filesystem transport has
-already removed the message). So every worker process sweeps the jobs table at start-up and then
-every ``lease_seconds / 2``: an expired lease is cleared atomically (one sweeper wins) and the job id
-is sent to the ``gpu`` queue again, where the next free worker claims it and resumes from its
-epoch checkpoint.
+Messages get lost in several ways: a worker is SIGKILLed mid-job (its lease stops being renewed; Redis
+would redeliver the unacked message only after the visibility timeout, which must exceed the longest
+job, and the filesystem transport has already removed it), the API dies between its commit and its
+enqueue, or Redis loses its data. So every worker process sweeps the tables at start-up and then every
+``lease_seconds / 2`` (``api.db.crud.requeue``): a running job whose lease expired is sent again at once;
+a queued job or a validating upload is sent again once nobody has taken it for ``requeue_seconds``.
+
+The sweep never clears a lease and never commits before the broker took the message: the mark is
+committed only after ``send_task`` returned, so a broker that is down leaves the row as it was and the
+next sweep tries again. Duplicates are harmless: the job's lease claim, and the upload's
+``validating`` check, let only one delivery do the work.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from api.db import session as db_session
-from api.db.crud import job_runs
-from api.db.models import utcnow
+from api.db.crud import requeue
+from api.db.models import Checkpoint, Dataset
 from api.db.session import session_scope
 from api.settings import Settings, get_settings
+from worker.task_names import TASK_QUEUES, TASK_RUN_JOB, TASK_VALIDATE_CHECKPOINT, TASK_VALIDATE_DATASET
 
 log = logging.getLogger(__name__)
 
-TASK_RUN_JOB = "jobs.run"
-# A queued job that nobody claimed for this long may have lost its message (start-up scan only).
-UNCLAIMED_QUEUED_AFTER = timedelta(minutes=1)
+_UPLOAD_TASKS: tuple[tuple[type[Dataset] | type[Checkpoint], str], ...] = (
+    (Dataset, TASK_VALIDATE_DATASET),
+    (Checkpoint, TASK_VALIDATE_CHECKPOINT),
+)
 
 
-def sweep(app: Celery, settings: Settings, *, include_queued: bool = False) -> list[str]:
-    """One recovery pass; returns the job ids sent to the broker again."""
+def _send(app: Celery, task: str, row_id: str) -> None:
+    app.send_task(task, args=[row_id], queue=TASK_QUEUES[task])
+
+
+def sweep(app: Celery, settings: Settings) -> list[str]:
+    """One recovery pass; returns the ids sent to the broker again. Raises when the broker is down."""
+    wait = settings.requeue_seconds
+    sent: list[str] = []
     with session_scope() as s:
-        ids = job_runs.release_expired_leases(s)
-        if include_queued:
-            ids += job_runs.unclaimed_queued_jobs(s, older_than=utcnow() - UNCLAIMED_QUEUED_AFTER)
-    for job_id in ids:
-        app.send_task(TASK_RUN_JOB, args=[job_id])
+        job_ids = requeue.orphaned_job_ids(s, requeue_seconds=wait)
+    for job_id in job_ids:
+        # One transaction per row: mark (row locked), send, then commit; a failed send rolls back.
+        with session_scope() as s:
+            if not requeue.mark_requeued(s, job_id, requeue_seconds=wait):
+                continue  # another sweeper took it, or a worker claimed it meanwhile
+            _send(app, TASK_RUN_JOB, job_id)
         log.warning("job %s re-enqueued by the recovery sweep", job_id)
-    return ids
+        sent.append(job_id)
+    for model, task in _UPLOAD_TASKS:
+        with session_scope() as s:
+            upload_ids = requeue.orphaned_upload_ids(s, model, requeue_seconds=wait)
+        for upload_id in upload_ids:
+            with session_scope() as s:
+                if not requeue.mark_upload_requeued(s, model, upload_id, requeue_seconds=wait):
+                    continue
+                _send(app, task, upload_id)
+            log.warning("%s %s re-enqueued by the recovery sweep", model.__tablename__, upload_id)
+            sent.append(upload_id)
+    return sent
 
 
 class Sweeper:
@@ -61,16 +85,11 @@ class Sweeper:
         self._stop.set()
 
     def _loop(self) -> None:
-        # The embedded filesystem broker deletes a message when it is fetched, so a job whose worker
-        # died between fetch and claim is only found by looking at queued rows (start-up only: later
-        # sweeps would duplicate messages of jobs that are merely waiting their turn).
-        first = True
         while True:
             try:
-                sweep(self.app, self.settings, include_queued=first and self.settings.is_filesystem_broker)
-            except Exception:  # the DB or broker is down: try again next round
+                sweep(self.app, self.settings)
+            except Exception:  # the DB or broker is down: nothing was marked; try again next round
                 log.exception("recovery sweep failed")
-            first = False
             if self._stop.wait(self.interval):
                 return
 

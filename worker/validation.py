@@ -46,6 +46,8 @@ def validate_dataset(dataset_id: str, *, settings: Settings | None = None) -> st
         if ds is None:
             log.warning("dataset %s: no such row; message dropped", dataset_id)
             return "missing"
+        if ds.status != "validating":  # a duplicate delivery (recovery sweep): already decided
+            return ds.status
         relative = ds.path
     facts: dict[str, Any] | None = None
     reason: str | None = None
@@ -69,6 +71,8 @@ def validate_checkpoint(checkpoint_id: str, *, settings: Settings | None = None)
         if ck is None:
             log.warning("checkpoint %s: no such row; message dropped", checkpoint_id)
             return "missing"
+        if ck.status != "validating":  # a duplicate delivery (recovery sweep): already decided
+            return ck.status
         relative = ck.path
     kind: str | None = None
     info: dict[str, Any] | None = None

@@ -14,6 +14,7 @@ from core.pipeline.base_cache import base_fingerprint, load_base, save_base
 from core.pipeline.context import JobContext, seed_everything
 from core.pipeline.layout import BASE_CACHE
 from core.sampling import ensure_clean_per_cluster, select_clean_set
+from core.spec.refine import effective_knn_k
 
 
 @dataclass

@@ -55,6 +55,9 @@ def service_env(data_dir: Path, database_url: str, broker_url: str, **extra: str
             "RUC_LEASE_SECONDS": str(TEST_LEASE_SECONDS),
             "RUC_HEARTBEAT_SECONDS": str(TEST_HEARTBEAT_SECONDS),
             "RUC_WEBHOOK_SECRET": "test-secret",
+            # Test receivers listen on loopback, which callbacks may reach only when allow-listed.
+            "RUC_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+            "RUC_WEBHOOK_RETRY_SECONDS": "0.5",
             "PYTHONUNBUFFERED": "1",
             # 2 cores are shared by the API, two workers and pytest: one intra-op thread each.
             "OMP_NUM_THREADS": "1",

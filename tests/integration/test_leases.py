@@ -46,7 +46,13 @@ def _claim(url: str, job_id: str, owner: str, lease: float = 30) -> job_runs.Cla
 def _expire(url: str, job_id: str) -> None:
     with session_scope(url) as s:
         s.execute(
-            update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                # As a dead worker leaves it: the last write was its last heartbeat, a lease ago.
+                lease_expires_at=utcnow() - timedelta(seconds=1),
+                updated_at=utcnow() - timedelta(seconds=31),
+            )
         )
 
 
@@ -64,12 +70,13 @@ def test_expired_lease_is_reclaimed_and_the_old_owner_can_no_longer_write(pg_url
     _expire(pg_url, job_id)
     again = _claim(pg_url, job_id, "w2")
     assert again.outcome == "claimed" and again.job is not None and again.job.attempts == 2
+    old, new = job_runs.Lease(job_id, "w1", 1), again.lease
     with session_scope(pg_url) as s:
-        assert not job_runs.renew_lease(s, job_id, owner="w1", lease_seconds=30)
-        assert not job_runs.update_progress(s, job_id, owner="w1", progress=0.5)
-        assert not job_runs.finish_job(s, job_id, owner="w1", status="succeeded", result={"x": 1})
-        assert job_runs.renew_lease(s, job_id, owner="w2", lease_seconds=30)
-        assert job_runs.finish_job(s, job_id, owner="w2", status="succeeded", result={"x": 2})
+        assert not job_runs.renew_lease(s, old, lease_seconds=30)
+        assert not job_runs.update_progress(s, old, progress=0.5)
+        assert not job_runs.finish_job(s, old, status="succeeded", result={"x": 1})
+        assert job_runs.renew_lease(s, new, lease_seconds=30)
+        assert job_runs.finish_job(s, new, status="succeeded", result={"x": 2})
     with session_scope(pg_url) as s:
         job = job_runs.get_job(s, job_id)
         assert (
@@ -101,20 +108,70 @@ def test_cancel_before_start_ends_the_job_without_running_it(pg_url: str, job_id
         assert job is not None and job.status == "cancelled" and job.attempts == 0
 
 
-def test_expired_lease_is_released_once_across_competing_sweeps(pg_url: str, job_id: str) -> None:
+def test_expired_lease_is_requeued_once_across_competing_sweeps(pg_url: str, job_id: str) -> None:
+    from api.db.crud import requeue
+
     assert _claim(pg_url, job_id, "w1").outcome == "claimed"
     with session_scope(pg_url) as s:
-        assert job_id not in job_runs.release_expired_leases(s)
+        assert job_id not in requeue.orphaned_job_ids(s, requeue_seconds=300)
     _expire(pg_url, job_id)
     with session_scope(pg_url) as s:
-        first = job_runs.release_expired_leases(s)
+        assert job_id in requeue.orphaned_job_ids(s, requeue_seconds=300)
+        first = requeue.mark_requeued(s, job_id, requeue_seconds=300)
     with session_scope(pg_url) as s:
-        second = job_runs.release_expired_leases(s)
-    assert job_id in first and job_id not in second
+        second = requeue.mark_requeued(s, job_id, requeue_seconds=300)
+        assert job_id not in requeue.orphaned_job_ids(s, requeue_seconds=300)
+    assert first and not second
     with session_scope(pg_url) as s:
         assert "worker lost (lease expired); job re-enqueued" in job_runs.list_event_messages(s, job_id)
+        job = job_runs.get_job(s, job_id)
+        # The lease is left to expire, never cleared: the row stays claimable whatever the broker does.
+        assert job is not None and job.lease_owner == "w1" and job.lease_expires_at is not None
     claim = _claim(pg_url, job_id, "w2")
     assert claim.outcome == "claimed" and claim.job is not None and claim.job.attempts == 2
+
+
+def test_a_stale_lease_writes_no_event_metric_artifact_or_status(pg_url: str, job_id: str) -> None:
+    from sqlalchemy import func, select
+
+    from api.db.models import Artifact, JobEvent, JobMetric
+
+    first = _claim(pg_url, job_id, "w1")
+    old = first.lease
+    with session_scope(pg_url) as s:
+        assert job_runs.add_run_event(s, old, "info", "w1 was here")
+        assert job_runs.put_epoch_metrics(s, old, 1, {"loss": 1.0})
+    _expire(pg_url, job_id)
+    # The same owner name claiming again is still a new lease: the attempt number differs.
+    new = _claim(pg_url, job_id, "w1").lease
+    assert new.attempt == old.attempt + 1
+    artifact = {
+        "name": "a.csv",
+        "path": "jobs/x/a.csv",
+        "size": 1,
+        "sha256": "0" * 64,
+        "media_type": "text/csv",
+    }
+
+    def counts() -> tuple[int, int, int]:
+        with session_scope(pg_url) as s:
+            return tuple(  # type: ignore[return-value]
+                s.scalar(select(func.count()).select_from(t).where(t.job_id == job_id))
+                for t in (JobEvent, JobMetric, Artifact)
+            )
+
+    before = counts()
+    with session_scope(pg_url) as s:
+        assert not job_runs.add_run_event(s, old, "info", "stale event")
+        assert not job_runs.put_epoch_metrics(s, old, 2, {"loss": 0.5})
+        assert not job_runs.update_progress(s, old, stage="saving", epoch=2)
+        assert not job_runs.finish_job(s, old, status="succeeded", result={"x": 1}, artifacts=[artifact])
+    assert counts() == before
+    with session_scope(pg_url) as s:
+        job = job_runs.get_job(s, job_id)
+        assert job is not None and job.status == "running" and job.epoch is None and job.result is None
+        assert job_runs.finish_job(s, new, status="succeeded", result={"x": 2}, artifacts=[artifact])
+    assert counts() == (before[0], before[1], before[2] + 1)
 
 
 def test_epoch_metrics_are_replaced_on_a_repeated_epoch(pg_url: str, job_id: str) -> None:
@@ -122,11 +179,12 @@ def test_epoch_metrics_are_replaced_on_a_repeated_epoch(pg_url: str, job_id: str
 
     from api.db.models import JobMetric
 
+    lease = _claim(pg_url, job_id, "w1").lease
     with session_scope(pg_url) as s:
-        job_runs.put_epoch_metrics(s, job_id, 1, {"loss": 2.0})
-        job_runs.put_epoch_metrics(s, job_id, 2, {"loss": 1.5})
+        assert job_runs.put_epoch_metrics(s, lease, 1, {"loss": 2.0})
+        assert job_runs.put_epoch_metrics(s, lease, 2, {"loss": 1.5})
     with session_scope(pg_url) as s:
-        job_runs.put_epoch_metrics(s, job_id, 2, {"loss": 1.25})
+        assert job_runs.put_epoch_metrics(s, lease, 2, {"loss": 1.25})
     with session_scope(pg_url) as s:
         rows = s.execute(
             select(JobMetric.epoch, JobMetric.metrics)

@@ -136,7 +136,7 @@ def _wait_epoch(client: httpx.Client, job_id: str, epoch: int, timeout: float = 
 
 
 def test_cancel_of_a_running_job_stops_it_within_an_epoch(client: httpx.Client, digits_id: str) -> None:
-    from worker.job_runner import STOP_POLL_SECONDS
+    from worker.progress import STOP_POLL_SECONDS
 
     # A low threshold gives a large clean set and small batches many steps: an epoch of seconds.
     spec = small_spec(digits_id, epochs=200, batch_size=32, confidence_threshold=0.3)

@@ -1,15 +1,11 @@
-"""Worker pieces on an embedded SQLite database: webhook signing and delivery to a real local HTTP
-server, progress mapping, heartbeat loss detection, validation outcomes."""
+"""Worker pieces on an embedded SQLite database: progress mapping, heartbeat loss detection,
+validation outcomes, whole runs (webhooks: test_webhooks.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
-import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -61,67 +57,8 @@ def _rows(*, dataset_path: str = "datasets/d/data.npz") -> tuple[str, str]:
         return ds.id, job.id
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    received: list[tuple[dict[str, str], bytes]] = []
-    status = 200
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        self.send_response(type(self).status)
-        self.end_headers()
-
-    def log_message(self, *_args: Any) -> None:
-        return None
-
-
-@pytest.fixture()
-def webhook_server() -> Iterator[tuple[str, type[_Recorder]]]:
-    handler = type("Recorder", (_Recorder,), {"received": [], "status": 200})
-    server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", handler
-    server.shutdown()
-
-
-def test_callback_is_signed_with_hmac_sha256_over_timestamp_and_body(
-    settings: Settings, webhook_server: tuple[str, type[_Recorder]]
-) -> None:
-    from worker.job_runner import post_callback
-
-    url, handler = webhook_server
-    _, job_id = _rows()
-    post_callback(job_id, url, {"id": job_id, "status": "succeeded", "error": None}, settings)
-    assert len(handler.received) == 1
-    headers, body = handler.received[0]
-    assert json.loads(body) == {"id": job_id, "status": "succeeded", "error": None}
-    expected = hmac.new(
-        b"s3cret", headers["x-ruc-timestamp"].encode() + b"." + body, hashlib.sha256
-    ).hexdigest()
-    assert headers["x-ruc-signature"] == f"sha256={expected}"
-    with session_scope() as s:
-        assert job_runs.list_event_messages(s, job_id)[-1] == "callback delivered (200)"
-
-
-def test_callback_failures_become_events(
-    settings: Settings, webhook_server: tuple[str, type[_Recorder]]
-) -> None:
-    from worker.job_runner import post_callback
-
-    url, handler = webhook_server
-    handler.status = 500
-    _, job_id = _rows()
-    post_callback(job_id, url, {"id": job_id}, settings)
-    post_callback(job_id, "http://127.0.0.1:1/unreachable", {"id": job_id}, settings)
-    with session_scope() as s:
-        messages = job_runs.list_event_messages(s, job_id)
-    assert messages[-2] == "callback answered 500"
-    assert messages[-1].startswith("callback failed: ConnectError")
-
-
 def test_overall_progress_is_monotonic_across_stages_and_ends_at_one() -> None:
-    from worker.job_runner import STAGES, overall_progress, stage_weights
+    from worker.progress import STAGES, overall_progress, stage_weights
 
     spec = JobSpec(dataset_id="ds_x", num_clusters=10, refine={"epochs": 50}, base={"fit_epochs": 10})
     weights = stage_weights(spec)
@@ -132,12 +69,13 @@ def test_overall_progress_is_monotonic_across_stages_and_ends_at_one() -> None:
 
 
 def test_heartbeat_notices_a_lost_lease(settings: Settings) -> None:
-    from worker.job_runner import LeaseKeeper
+    from worker.leases import LeaseKeeper
 
     _, job_id = _rows()
     with session_scope() as s:
-        assert job_runs.claim_job(s, job_id, owner="me", lease_seconds=30).outcome == "claimed"
-    with LeaseKeeper(job_id, "me", settings) as keeper:
+        claim = job_runs.claim_job(s, job_id, owner="me", lease_seconds=30)
+        assert claim.outcome == "claimed"
+    with LeaseKeeper(claim.lease, settings) as keeper:
         assert not keeper.lost.wait(1.5)
         with session_scope() as s:
             s.execute(update(Job).where(Job.id == job_id).values(lease_owner="someone-else"))
@@ -172,8 +110,13 @@ def test_validation_records_ready_with_facts_or_invalid_with_the_reason(settings
         assert good.facts["count"] == 12 and good.facts["channels"] == 3 and good.facts["label_count"] == 3
         assert noimg is not None and noimg.reason and "images" in noimg.reason
         assert garbage is not None and garbage.status == "invalid" and garbage.reason
-    # A row is decided once: a redelivered message does not flip it back.
+    # A row is decided once: a redelivered message (the recovery sweep sends duplicates) does not
+    # read the file again nor flip the row, even when the file has gone meanwhile.
+    (settings.storage_dir / "datasets/good/data.npz").unlink()
     assert validate_dataset(ids["good"]) == "ready"
+    with session_scope() as s:
+        again = job_runs.get_dataset(s, ids["good"])
+        assert again is not None and again.status == "ready" and again.reason is None
     assert validate_dataset("ds_missing") == "missing"
 
     with session_scope() as s:
@@ -224,7 +167,8 @@ def _blobs_npz(n: int = 96) -> bytes:
 
 
 def test_run_job_delivery_stores_result_metrics_events_and_artifacts(settings: Settings) -> None:
-    from worker.job_runner import run_job_delivery, sha256_file
+    from worker.artifacts import sha256_file
+    from worker.job_runner import run_job_delivery
 
     job_id = _job_with_dataset(settings, _blobs_npz())
     assert run_job_delivery(job_id, settings=settings, device="cpu", owner="w1") == "succeeded"
@@ -251,9 +195,9 @@ def test_run_job_delivery_stores_result_metrics_events_and_artifacts(settings: S
     assert {a.name for a in artifacts} == {"refined_ensemble.safetensors", "assignments.csv", "result.json"}
     for a in artifacts:
         path = settings.storage_dir / a.path
-        assert a.path.startswith(f"jobs/{job_id}/artifacts/") and path.stat().st_size == a.size
+        assert a.path.startswith(f"jobs/{job_id}/artifacts/1/") and path.stat().st_size == a.size
         assert sha256_file(path) == a.sha256
-    assert not (settings.storage_dir / "jobs" / job_id / "work").exists()
+    assert not (settings.storage_dir / "jobs" / job_id / "attempts").exists()
 
 
 def test_bad_input_fails_the_job_with_the_reason(settings: Settings) -> None:
@@ -311,3 +255,56 @@ def test_cancel_requested_mid_run_ends_cancelled_and_a_stolen_lease_writes_nothi
     outcome, job = run_and_interfere({"lease_owner": "thief"}, "w2")
     assert outcome == "lease_lost"
     assert job.status == "running" and job.lease_owner == "thief" and job.result is None
+
+
+def test_a_worker_whose_lease_was_taken_over_writes_nothing_and_deletes_nothing(settings: Settings) -> None:
+    from sqlalchemy import func, select
+
+    from api.db.models import Artifact, JobEvent, JobMetric
+    from worker import job_runner
+
+    slow_eval = {
+        "attacks": [{"kind": "bim", "eps": [0.01, 0.02, 0.03, 0.05, 0.08, 0.1], "steps": 100}],
+        "attack_max_samples": 96,
+    }
+    job_id = _job_with_dataset(settings, _blobs_npz(), {"evaluate": slow_eval})
+    root = settings.storage_dir / "jobs" / job_id
+    # The heartbeat must not notice first: the stale worker learns of the takeover only from its writes.
+    quiet = settings.model_copy(update={"heartbeat_seconds": 120})
+    seen: dict[str, Any] = {}
+
+    def counts() -> tuple[int, ...]:
+        with session_scope() as s:
+            return tuple(
+                s.scalar(select(func.count()).select_from(t).where(t.job_id == job_id))
+                for t in (JobEvent, JobMetric, Artifact)
+            )
+
+    def take_over() -> None:
+        stop = threading.Event()
+        while not stop.wait(0.02):
+            with session_scope() as s:
+                job = job_runs.get_job(s, job_id)
+                if job is None or job.stage != "evaluating":
+                    continue
+            with session_scope() as s:  # w1 stalled past its lease; w2's delivery claims the job
+                s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=job.heartbeat_at))
+                seen["claim"] = job_runs.claim_job(s, job_id, owner="w2", lease_seconds=600).outcome
+            seen["counts"] = counts()
+            seen["files"] = {p for p in root.rglob("*") if p.is_file()}
+            return
+
+    t = threading.Thread(target=take_over, daemon=True)
+    t.start()
+    outcome = job_runner.run_job_delivery(job_id, settings=quiet, device="cpu", owner="w1")
+    t.join(timeout=5)
+    assert seen.get("claim") == "claimed", "the takeover did not happen during evaluating"
+    assert outcome == "lease_lost"
+    with session_scope() as s:
+        job = job_runs.get_job(s, job_id)
+    assert job is not None and job.status == "running" and job.lease_owner == "w2" and job.attempts == 2
+    assert job.result is None and job.stage == "evaluating"
+    assert counts() == seen["counts"], "the stale worker wrote events, metrics or artifacts"
+    missing = sorted(str(p.relative_to(root)) for p in seen["files"] if not p.exists())
+    assert missing == [], f"the stale worker deleted {missing}"
+    print(f"files kept for the new owner: {sorted(str(p.relative_to(root)) for p in seen['files'])}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from worker.celery_app import TASK_RUN_JOB, app
+from worker.celery_app import app
+from worker.task_names import TASK_RUN_JOB
 
 
 @app.task(name=TASK_RUN_JOB, ignore_result=True)

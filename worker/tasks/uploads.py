@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from worker.celery_app import TASK_VALIDATE_CHECKPOINT, TASK_VALIDATE_DATASET, app
+from worker.celery_app import app
+from worker.task_names import TASK_VALIDATE_CHECKPOINT, TASK_VALIDATE_DATASET
 
 
 @app.task(name=TASK_VALIDATE_DATASET, ignore_result=True)

@@ -1,9 +1,11 @@
 """The worker's side of the database: leases, progress, events, metrics, artifacts, outcomes.
 
-Every write that a running job makes is conditional on the caller still holding the job's lease
-(``lease_owner = :owner AND status = 'running'``), so a worker that lost its lease (it stalled past
-``lease_expires_at`` and another worker claimed the job) can no longer touch the row. Functions only
-flush; the worker commits at its edges (one short transaction per hook call).
+Every write that a running job makes names its ``Lease`` (owner and attempt of the claim) and is
+conditional on it (``lease_owner = :owner AND attempts = :attempt AND status = 'running'``), so a
+worker that lost its lease (it stalled past ``lease_expires_at`` and another worker claimed the job)
+can no longer touch the row, its events, metrics or artifacts. Inserts into other tables first lock
+the job row through the same condition (``_guard``). Functions only flush; the worker commits at its
+edges (one short transaction per hook call).
 
 Conditional ``UPDATE ... WHERE`` with ``rowcount`` is the claim primitive because it is atomic on both
 Postgres (row lock, re-check of the WHERE clause after a concurrent update) and SQLite (one writer).
@@ -18,10 +20,23 @@ from typing import Any, Literal
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from api.db.models import Artifact, Checkpoint, Dataset, Job, JobEvent, JobMetric, utcnow
+from api.db.models import FINISHED_STATUSES, Artifact, Checkpoint, Dataset, Job, JobEvent, JobMetric, utcnow
 
 ClaimOutcome = Literal["claimed", "lease_alive", "finished", "cancelled", "missing", "exhausted"]
 RUNNABLE_STATUSES = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The token of one claim: every write of the run names it, and is refused once it is stale.
+
+    ``owner`` is unique per delivery (host, pid, random suffix) and ``attempt`` is the row's attempt
+    counter at claim time, so a later claim (even by the same owner name) makes this token stale.
+    """
+
+    job_id: str
+    owner: str
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,12 @@ class Claim:
     outcome: ClaimOutcome
     job: Job | None
     detail: str = ""
+
+    @property
+    def lease(self) -> Lease:
+        if self.outcome != "claimed" or self.job is None or self.job.lease_owner is None:
+            raise ValueError(f"no lease: the claim was {self.outcome}")
+        return Lease(self.job.id, self.job.lease_owner, self.job.attempts)
 
 
 def get_job(session: Session, job_id: str) -> Job | None:
@@ -69,7 +90,7 @@ def claim_job(
     if job is None:
         return Claim("missing", None)
     if result.rowcount != 1:
-        if job.status in ("succeeded", "failed", "cancelled"):
+        if job.status in FINISHED_STATUSES:
             return Claim("finished", job, f"job is already {job.status}")
         if job.cancel_requested and _finish_unowned_cancel(session, job_id, now):
             return Claim("cancelled", get_job(session, job_id), "cancel requested while nobody ran the job")
@@ -109,16 +130,38 @@ def _finish_unowned_cancel(session: Session, job_id: str, now: datetime) -> bool
     return True
 
 
-def _owned(job_id: str, owner: str) -> Any:
-    return and_(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+def _owned(lease: Lease) -> Any:
+    return and_(
+        Job.id == lease.job_id,
+        Job.lease_owner == lease.owner,
+        Job.attempts == lease.attempt,
+        Job.status == "running",
+    )
 
 
-def renew_lease(session: Session, job_id: str, *, owner: str, lease_seconds: float) -> bool:
+def _guard(session: Session, lease: Lease) -> bool:
+    """Lock the job row if ``lease`` still holds it; the lock lasts until the caller's commit.
+
+    A no-op UPDATE rather than a SELECT: on Postgres it takes the row lock, on SQLite the database
+    write lock, so a competing claim waits until this transaction ends. Whatever the caller writes
+    after a True is therefore written while the lease held. ``updated_at`` is kept as it is: the
+    recovery sweep reads it as the time of the last (re-)enqueue.
+    """
+    result = session.execute(
+        update(Job)
+        .where(_owned(lease))
+        .values(lease_owner=Job.lease_owner, updated_at=Job.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def renew_lease(session: Session, lease: Lease, *, lease_seconds: float) -> bool:
     """Heartbeat: push ``lease_expires_at`` forward. False means the lease is gone (stop working)."""
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(_owned(job_id, owner))
+        .where(_owned(lease))
         .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
@@ -127,9 +170,8 @@ def renew_lease(session: Session, job_id: str, *, owner: str, lease_seconds: flo
 
 def update_progress(
     session: Session,
-    job_id: str,
+    lease: Lease,
     *,
-    owner: str,
     stage: str | None = None,
     progress: float | None = None,
     epoch: int | None = None,
@@ -146,9 +188,9 @@ def update_progress(
     if total_epochs is not None:
         values["total_epochs"] = int(total_epochs)
     if not values:
-        return True
+        return _guard(session, lease)
     result = session.execute(
-        update(Job).where(_owned(job_id, owner)).values(**values).execution_options(synchronize_session=False)
+        update(Job).where(_owned(lease)).values(**values).execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
 
@@ -158,17 +200,35 @@ def is_cancel_requested(session: Session, job_id: str) -> bool:
     return bool(value)
 
 
-def holds_lease(session: Session, job_id: str, *, owner: str) -> bool:
-    return session.execute(select(Job.id).where(_owned(job_id, owner))).first() is not None
+def holds_lease(session: Session, lease: Lease) -> bool:
+    return session.execute(select(Job.id).where(_owned(lease))).first() is not None
 
 
 def add_event(
     session: Session, job_id: str, level: str, message: str, data: dict[str, Any] | None = None
 ) -> JobEvent:
+    """Unconditional insert: only for callers that already decided, in this transaction, to write."""
     event = JobEvent(job_id=job_id, level=level, message=message, data=data)
     session.add(event)
     session.flush()
     return event
+
+
+def add_run_event(session: Session, lease: Lease, level: str, message: str) -> bool:
+    """An event of the running attempt; False (nothing written) when ``lease`` is stale."""
+    if not _guard(session, lease):
+        return False
+    add_event(session, lease.job_id, level, message)
+    return True
+
+
+def add_finished_job_event(session: Session, job_id: str, level: str, message: str) -> bool:
+    """An event about a job that has ended (webhook deliveries); no worker runs it any more."""
+    status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+    if status not in FINISHED_STATUSES:
+        return False
+    add_event(session, job_id, level, message)
+    return True
 
 
 def list_event_messages(session: Session, job_id: str) -> list[str]:
@@ -177,14 +237,21 @@ def list_event_messages(session: Session, job_id: str) -> list[str]:
     )
 
 
-def put_epoch_metrics(session: Session, job_id: str, epoch: int, metrics: dict[str, Any]) -> None:
-    """One row per (job, epoch); a resumed run that repeats an epoch replaces its row."""
+def put_epoch_metrics(session: Session, lease: Lease, epoch: int, metrics: dict[str, Any]) -> bool:
+    """One row per (job, epoch); a resumed run that repeats an epoch replaces its row.
+
+    False (nothing written) when ``lease`` is stale.
+    """
+    if not _guard(session, lease):
+        return False
+    job_id = lease.job_id
     session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.epoch == epoch))
     session.add(JobMetric(job_id=job_id, epoch=epoch, metrics=metrics))
     session.flush()
+    return True
 
 
-def put_artifact(
+def _put_artifact(
     session: Session, job_id: str, *, name: str, path: str, size: int, sha256: str, media_type: str
 ) -> Artifact:
     """Register (or replace, on a re-run) the artifact ``name``; ``path`` is relative to storage."""
@@ -197,14 +264,17 @@ def put_artifact(
 
 def finish_job(
     session: Session,
-    job_id: str,
+    lease: Lease,
     *,
-    owner: str,
     status: Literal["succeeded", "failed", "cancelled"],
     result: dict[str, Any] | None = None,
     error: str | None = None,
+    artifacts: list[dict[str, Any]] | None = None,
 ) -> bool:
-    """End a job this worker owns. False (nothing written) if the lease was lost meanwhile."""
+    """End a job ``lease`` holds and publish its artifact rows, in one step.
+
+    False (nothing written, no artifact published) if the lease was lost meanwhile.
+    """
     now = utcnow()
     values: dict[str, Any] = {
         "status": status,
@@ -218,56 +288,14 @@ def finish_job(
         values["progress"] = 1.0
     if result is not None:
         values["result"] = result
+    if not _guard(session, lease):
+        return False
+    for described in artifacts or []:
+        _put_artifact(session, lease.job_id, **described)
     res = session.execute(
-        update(Job).where(_owned(job_id, owner)).values(**values).execution_options(synchronize_session=False)
+        update(Job).where(_owned(lease)).values(**values).execution_options(synchronize_session=False)
     )
     return res.rowcount == 1
-
-
-def release_expired_leases(session: Session, *, now: datetime | None = None, limit: int = 100) -> list[str]:
-    """Jobs whose worker died (``running``, lease lapsed): clear the lease so a new delivery can claim.
-
-    The conditional UPDATE makes each job's release happen once even when several workers sweep at
-    the same moment; the caller re-enqueues exactly the ids returned.
-    """
-    now = now or utcnow()
-    candidates = list(
-        session.scalars(
-            select(Job.id)
-            .where(Job.status == "running", Job.lease_expires_at.is_not(None), Job.lease_expires_at < now)
-            .order_by(Job.id)
-            .limit(limit)
-        )
-    )
-    released: list[str] = []
-    for job_id in candidates:
-        res = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
-            .values(lease_owner=None, lease_expires_at=None, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        if res.rowcount == 1:
-            add_event(session, job_id, "warning", "worker lost (lease expired); job re-enqueued")
-            released.append(job_id)
-    return released
-
-
-def unclaimed_queued_jobs(session: Session, *, older_than: datetime, limit: int = 100) -> list[str]:
-    """Queued jobs nobody has claimed since ``older_than`` (their message may have been lost)."""
-    return list(
-        session.scalars(
-            select(Job.id)
-            .where(
-                Job.status == "queued",
-                Job.lease_expires_at.is_(None),
-                Job.cancel_requested.is_(False),
-                Job.created_at < older_than,
-            )
-            .order_by(Job.id)
-            .limit(limit)
-        )
-    )
 
 
 # --- uploads -------------------------------------------------------------------------------------

@@ -1,0 +1,159 @@
+"""The run's hooks: stage, progress, per-epoch metrics and events written to the job row.
+
+Every write names the run's lease; a refused write marks the lease lost, and ``should_stop`` then
+stops core at its next check, so a worker that lost its job stops writing at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from api.db.crud import job_runs
+from api.db.session import session_scope
+from core.hooks import RunHooks
+from core.spec import JobSpec
+from worker.leases import LeaseKeeper
+
+log = logging.getLogger(__name__)
+
+# Cancel checks hit the DB at most this often: core calls should_stop() every batch.
+STOP_POLL_SECONDS = 2.0
+# Progress rows are written at most this often (plus at every epoch and stage change).
+PROGRESS_WRITE_SECONDS = 1.0
+
+# Share of the overall progress bar per stage; refining's and base_clustering's shares are
+# scaled by their epoch counts in ``stage_weights``.
+_FIXED_STAGE_WEIGHTS = {"loading": 0.02, "sampling": 0.03, "evaluating": 0.08, "saving": 0.02}
+STAGES = ("loading", "base_clustering", "sampling", "refining", "evaluating", "saving")
+
+
+def stage_weights(spec: JobSpec) -> dict[str, float]:
+    """Fraction of the whole run each stage takes, roughly proportional to its epochs of work.
+
+    A RUC epoch trains two networks with several forward passes each, so it costs ~4 base epochs.
+    """
+    base_units = float(spec.base.fit_epochs) if spec.base.method != "checkpoint" else 2.0
+    refine_units = 4.0 * spec.refine.epochs
+    remaining = 1.0 - sum(_FIXED_STAGE_WEIGHTS.values())
+    weights = dict(_FIXED_STAGE_WEIGHTS)
+    weights["base_clustering"] = remaining * base_units / (base_units + refine_units)
+    weights["refining"] = remaining * refine_units / (base_units + refine_units)
+    return weights
+
+
+def overall_progress(weights: dict[str, float], stage: str, fraction: float) -> float:
+    """Overall 0..1 progress from the current stage and the fraction of it done."""
+    done = 0.0
+    for name in STAGES:
+        if name == stage:
+            return min(1.0, done + weights.get(name, 0.0) * min(max(fraction, 0.0), 1.0))
+        done += weights.get(name, 0.0)
+    return min(done, 1.0)
+
+
+class DbHooks:
+    """``RunHooks`` callbacks that write to the job row; one short transaction per write."""
+
+    def __init__(self, spec: JobSpec, keeper: LeaseKeeper) -> None:
+        self.lease = keeper.lease
+        self.keeper = keeper
+        self.weights = stage_weights(spec)
+        self.stage = ""
+        self.cancelled = False
+        self._last_progress_write = 0.0
+        self._total_written: int | None = None
+        self._last_stop_poll = 0.0
+
+    def run_hooks(self) -> RunHooks:
+        return RunHooks(
+            on_stage=self.on_stage,
+            on_progress=self.on_progress,
+            on_epoch=self.on_epoch,
+            on_event=self.on_event,
+            should_stop=self.should_stop,
+        )
+
+    def on_stage(self, stage: str) -> None:
+        if stage == self.stage or self.keeper.lost.is_set():
+            return
+        self.stage = stage
+        with session_scope() as s:
+            written = job_runs.update_progress(
+                s, self.lease, stage=stage, progress=overall_progress(self.weights, stage, 0.0)
+            ) and job_runs.add_run_event(s, self.lease, "info", f"stage {stage}")
+        self.keeper.holds(written)
+        self._last_progress_write = time.monotonic()
+
+    def on_progress(self, fraction: float, epoch: int | None, total_epochs: int | None) -> None:
+        if self.keeper.lost.is_set():
+            return
+        now = time.monotonic()
+        refining = self.stage == "refining"
+        first_total = refining and total_epochs is not None and total_epochs != self._total_written
+        if not first_total and fraction < 1.0 and now - self._last_progress_write < PROGRESS_WRITE_SECONDS:
+            return
+        # ``epoch`` here is the epoch in progress; the row's ``epoch`` is the last *finished* one,
+        # written by on_epoch. total_epochs describes RUC training only (the API shows "epoch i/N").
+        with session_scope() as s:
+            written = job_runs.update_progress(
+                s,
+                self.lease,
+                progress=overall_progress(self.weights, self.stage, fraction),
+                total_epochs=total_epochs if refining else None,
+            )
+        self.keeper.holds(written)
+        self._last_progress_write = now
+        if refining and total_epochs is not None:
+            self._total_written = total_epochs
+
+    def on_epoch(self, metrics: dict[str, Any]) -> None:
+        if self.keeper.lost.is_set():
+            return
+        epoch = int(metrics["epoch"])
+        with session_scope() as s:
+            written = job_runs.put_epoch_metrics(
+                s, self.lease, epoch, jsonable(metrics)
+            ) and job_runs.update_progress(s, self.lease, epoch=epoch)
+            if not written:
+                s.rollback()  # the metrics row must not outlive a refused progress write
+        self.keeper.holds(written)
+
+    def on_event(self, level: str, message: str) -> None:
+        if self.keeper.lost.is_set():
+            return
+        with session_scope() as s:
+            written = job_runs.add_run_event(s, self.lease, level, message)
+        self.keeper.holds(written)
+
+    def should_stop(self) -> bool:
+        if self.keeper.lost.is_set():
+            return True
+        now = time.monotonic()
+        if now - self._last_stop_poll < STOP_POLL_SECONDS:
+            return self.cancelled
+        self._last_stop_poll = now
+        try:
+            with session_scope() as s:
+                self.cancelled = job_runs.is_cancel_requested(s, self.lease.job_id)
+        except Exception:  # a DB blip must not kill a run; the next poll retries
+            log.exception("cancel check of job %s failed", self.lease.job_id)
+        return self.cancelled
+
+
+def jsonable(value: Any) -> Any:
+    """Round-trip through JSON so numpy scalars and tuples become plain JSON types."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

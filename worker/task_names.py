@@ -1,0 +1,20 @@
+"""Task names and queues of the worker, one constant each (``api.queue`` spells the API's side)."""
+
+from __future__ import annotations
+
+GPU_QUEUE = "gpu"
+CPU_QUEUE = "cpu"
+
+TASK_RUN_JOB = "jobs.run"
+TASK_VALIDATE_DATASET = "uploads.validate_dataset"
+TASK_VALIDATE_CHECKPOINT = "uploads.validate_checkpoint"
+TASK_DELIVER_WEBHOOK = "webhooks.deliver"
+
+# Which queue each task goes to: jobs hold the GPU; everything short and CPU-bound goes to ``cpu``,
+# so a slow callback receiver or a big upload never holds a GPU worker.
+TASK_QUEUES = {
+    TASK_RUN_JOB: GPU_QUEUE,
+    TASK_VALIDATE_DATASET: CPU_QUEUE,
+    TASK_VALIDATE_CHECKPOINT: CPU_QUEUE,
+    TASK_DELIVER_WEBHOOK: CPU_QUEUE,
+}
