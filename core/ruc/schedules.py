@@ -13,7 +13,12 @@ from typing import Any
 
 from core.errors import CoreInputError
 from core.spec import RefineSpec
-from core.spec.refine import default_label_smoothing, smoothing_bound, smoothing_problem
+from core.spec.refine import (
+    default_label_smoothing,
+    effective_batch_size,
+    smoothing_bound,
+    smoothing_problem,
+)
 
 TAU2_STEPS = 5  # A.2: tau2 = 0.9 + 0.02 every 40 of 200 epochs, i.e. every fifth of the run
 TAU2_CAP = 0.999  # above this no softmax would pass it in fp32 training
@@ -30,6 +35,7 @@ class Schedule:
     """
 
     epochs: int
+    batch_size: int
     lambda_u: float
     lambda_u_rampup_epochs: float
     lambda_u_rampup_source: str
@@ -54,7 +60,7 @@ class Schedule:
         return asdict(self)
 
 
-def resolve_schedule(spec: RefineSpec, *, num_clusters: int) -> Schedule:
+def resolve_schedule(spec: RefineSpec, *, num_clusters: int, num_samples: int = 0) -> Schedule:
     """Fill in the defaults that follow the job (see RefineSpec's descriptions).
 
     Raises CoreInputError naming refine.label_smoothing when an explicit epsilon would leave the
@@ -73,6 +79,7 @@ def resolve_schedule(spec: RefineSpec, *, num_clusters: int) -> Schedule:
         every, every_src = spec.epochs / TAU2_STEPS, "epochs / 5"
     return Schedule(
         epochs=spec.epochs,
+        batch_size=effective_batch_size(spec.batch_size, num_samples=num_samples),
         lambda_u=spec.lambda_u,
         lambda_u_rampup_epochs=max(ramp, 1e-9),
         lambda_u_rampup_source=ramp_src,
@@ -81,5 +88,5 @@ def resolve_schedule(spec: RefineSpec, *, num_clusters: int) -> Schedule:
         refurbish_every=max(every, 1e-9),
         refurbish_every_source=every_src,
         label_smoothing=default_label_smoothing(num_clusters) if eps is None else eps,
-        label_smoothing_source="min(0.5, (K-1)/(K+8))" if eps is None else "spec",
+        label_smoothing_source="min(0.2, (K-1)/(K+8))" if eps is None else "spec",
     )

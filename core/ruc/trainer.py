@@ -260,7 +260,9 @@ def train_ruc(
     hooks = hooks or RunHooks()
     dev = torch.device(device)
     _validate(base_model, images_u8, pseudo_labels, clean_mask, num_clusters)
-    sched = resolve_schedule(spec, num_clusters=num_clusters)
+    sched = resolve_schedule(spec, num_clusters=num_clusters, num_samples=images_u8.shape[0])
+    # Every value below reads the effective spec: defaults that follow the data are filled in.
+    spec = spec.model_copy(update={"batch_size": sched.batch_size, "label_smoothing": sched.label_smoothing})
     images = images_u8.to(dev)
     pseudo = pseudo_labels.to(dev, torch.int64).clone()
     clean = _guard_clean(clean_mask.to(dev).clone(), pseudo, base_model, images, spec, num_clusters, hooks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -59,7 +60,14 @@ class RefineSpec(_Spec):
         "result's clean_set.knn_k reports the k used",
     )
     epochs: int = Field(default=200, ge=1, le=2000)
-    batch_size: int = Field(default=200, ge=2, le=4096)
+    batch_size: int | None = Field(
+        default=None,
+        ge=2,
+        le=4096,
+        description="B, clean samples per step (and as many unclean). Default: N/32 rounded to a power of "
+        "two within [32, 200]: A.2's 200 from N = 6,400 up; smaller data sets get the steps per epoch "
+        "a new head needs (digits, N = 1,797: B = 64, 26 steps per network and epoch instead of 9)",
+    )
     lr: float = Field(default=0.01, gt=0, le=10)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0, le=1)
@@ -68,9 +76,9 @@ class RefineSpec(_Spec):
         ge=0,
         lt=1,
         description="epsilon of Eq. (8); 0 turns it off. It must stay below (K-1)/K, else the pseudo-label "
-        "is no longer the largest entry of its target. Default: min(0.5, (K-1)/(K+8)), which is the "
-        "paper's 0.5 for K >= 10 and keeps its ratio of 9 between the pseudo-label's mass and each other "
-        "class's for smaller K (K = 2: 0.1)",
+        "is no longer the largest entry of its target. Default: min(0.2, (K-1)/(K+8)): the pseudo-label "
+        "keeps at least 9 times each other class's mass (K = 2: 0.1). A.2's 0.5 assumes 200 epochs and "
+        "leaves shorter runs underconfident",
     )
     lambda_u: float = Field(default=25.0, ge=0, description="weight of the unlabeled MixMatch loss, Eq. (10)")
     lambda_u_rampup: float = Field(
@@ -156,9 +164,27 @@ def smoothing_problem(eps: float, num_clusters: int) -> str:
     )
 
 
+LABEL_SMOOTHING_DEFAULT = 0.2
+
+
 def default_label_smoothing(num_clusters: int) -> float:
-    """min(0.5, (K-1)/(K+8)): A.2's 0.5 for K >= 10; below, the paper's 9:1 ratio of target masses."""
-    return min(0.5, (num_clusters - 1) / (num_clusters + 8))
+    """min(0.2, (K-1)/(K+8)): the pseudo-label keeps at least 9 times any other class's target mass.
+
+    A.2's 0.5 is tuned for 200 epochs; within shorter budgets it leaves the ensemble underconfident
+    (digits, 10 epochs, 3 seeds: mean confidence 0.64 at accuracy 0.81, ECE 0.16; with 0.2: ECE 0.02-0.04).
+    """
+    return min(LABEL_SMOOTHING_DEFAULT, (num_clusters - 1) / (num_clusters + 8))
+
+
+BATCH_SIZE_BOUNDS = (32, 200)  # 200: A.2
+
+
+def effective_batch_size(batch_size: int | None, *, num_samples: int) -> int:
+    """B: the spec's value, else N/32 rounded to a power of two within BATCH_SIZE_BOUNDS."""
+    if batch_size is not None:
+        return batch_size
+    lo, hi = BATCH_SIZE_BOUNDS
+    return int(min(max(2 ** round(math.log2(max(num_samples, 1) / 32)), lo), hi))
 
 
 KNN_K_PAPER_RATIO = 100 / 5000  # A.2: k = 100 on CIFAR-10's 5,000 images per cluster
