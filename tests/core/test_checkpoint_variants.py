@@ -151,9 +151,7 @@ def test_backbone_precedence_spec_over_upload_over_image_size(tmp_path: Path) ->
         decided(backbone="resnet18")
     # The STL layout is defined only for 96-111 px images; the field that chose it is named.
     with pytest.raises(CoreInputError, match=r"base\.backbone: resnet18_stl .* got 32x32"):
-        run_base(
-            _spec(backbone="resnet18_stl"), _images(32), device="cpu", checkpoint_paths={"ck": path}
-        )
+        run_base(_spec(backbone="resnet18_stl"), _images(32), device="cpu", checkpoint_paths={"ck": path})
 
 
 def _save_small(path: Path, channels: int = 1, **stats: Any) -> None:
