@@ -7,7 +7,6 @@ never a row stuck in ``validating``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -64,9 +63,10 @@ def validate_dataset(dataset_id: str, *, settings: Settings | None = None) -> st
 
 
 def validate_checkpoint(checkpoint_id: str, *, settings: Settings | None = None) -> str:
-    """Inspect the checkpoint with ``core.models.inspect_checkpoint`` (safe loaders only)."""
+    """Inspect the checkpoint with ``core.models.inspect_checkpoint`` (safe loaders only), checked
+    against the upload's stated fields; a valid statement is written beside the file for jobs."""
     settings = settings or get_settings()
-    with session_scope() as s:
+    with session_scope(settings.database_url) as s:
         ck = job_runs.get_checkpoint(s, checkpoint_id)
         if ck is None:
             log.warning("checkpoint %s: no such row; message dropped", checkpoint_id)
@@ -74,19 +74,23 @@ def validate_checkpoint(checkpoint_id: str, *, settings: Settings | None = None)
         if ck.status != "validating":  # a duplicate delivery (recovery sweep): already decided
             return ck.status
         relative = ck.path
+        stated = dict((ck.info or {}).get("stated") or {})
     kind: str | None = None
-    info: dict[str, Any] | None = None
+    info: dict[str, Any] | None = {"stated": stated} if stated else None
     reason: str | None = None
     try:
-        from core.models import inspect_checkpoint
+        from core.models import inspect_checkpoint, parse_statement, write_statement
 
-        inspected = inspect_checkpoint(_stored_path(settings, relative))
-        info = dataclasses.asdict(inspected) if dataclasses.is_dataclass(inspected) else dict(vars(inspected))
-        kind = str(info.get("kind"))
+        path = _stored_path(settings, relative)
+        statement = parse_statement(stated)
+        facts = inspect_checkpoint(path, statement=statement).to_dict()
+        write_statement(path, statement)
+        info = {**facts, "stated": stated or None}
+        kind = str(facts["kind"])
     except Exception as exc:
         reason = _reason(exc)
         log.info("checkpoint %s invalid: %s", checkpoint_id, reason)
-    with session_scope() as s:
+    with session_scope(settings.database_url) as s:
         job_runs.set_checkpoint_validation(
             s, checkpoint_id, ready=reason is None, kind=kind, info=info, reason=reason
         )

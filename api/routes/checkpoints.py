@@ -13,6 +13,9 @@ from api.schemas.common import problem_responses, upload_request_body
 from api.services.uploads import accept_upload
 from api.storage import CHECKPOINT_SUFFIXES, remove_dir
 
+# Query fields are a name or a few numbers; anything longer is not a statement.
+_STATED_MAX_CHARS = 200
+
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"], responses=problem_responses(401))
 
 
@@ -23,11 +26,47 @@ router = APIRouter(prefix="/checkpoints", tags=["checkpoints"], responses=proble
     responses=problem_responses(413, 415, 422, 503),
     openapi_extra=upload_request_body(CHECKPOINT_SUFFIXES),
     summary="Upload a model checkpoint (multipart field `file`); its kind is detected asynchronously",
+    description="The query fields state what the weights cannot tell; validation checks them against the "
+    "file, and a bad one makes the upload `invalid` with a reason naming it. A job's `base.backbone` and "
+    "`base.normalisation` override them.",
 )
 async def upload_checkpoint(
-    request: Request, owner: OwnerDep, session: SessionDep, settings: SettingsDep
+    request: Request,
+    owner: OwnerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    backbone: Annotated[
+        str | None,
+        Query(
+            max_length=_STATED_MAX_CHARS,
+            description="the backbone variant, e.g. resnet18_stl for SCAN's STL-10 models (SCAN's CIFAR and "
+            "STL-10 ResNet-18s have identical weights; default: chosen by the job's image size)",
+        ),
+    ] = None,
+    normalisation: Annotated[
+        str | None,
+        Query(
+            max_length=_STATED_MAX_CHARS,
+            description="the normalisation it was trained with: cifar10, cifar20, stl10, imagenet or dataset",
+        ),
+    ] = None,
+    mean: Annotated[
+        str | None,
+        Query(
+            max_length=_STATED_MAX_CHARS,
+            description="instead of a preset: comma-separated mean, 1 or 3 values",
+        ),
+    ] = None,
+    std: Annotated[
+        str | None,
+        Query(
+            max_length=_STATED_MAX_CHARS, description="with mean: comma-separated std (> 0), 1 or 3 values"
+        ),
+    ] = None,
 ) -> CheckpointPublic:
-    row = await accept_upload(request, session, settings, owner, "checkpoint")
+    given = {"backbone": backbone, "normalisation": normalisation, "mean": mean, "std": std}
+    stated = {key: value for key, value in given.items() if value is not None}
+    row = await accept_upload(request, session, settings, owner, "checkpoint", stated=stated or None)
     return CheckpointPublic.model_validate(row)
 
 

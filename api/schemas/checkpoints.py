@@ -18,7 +18,11 @@ class CheckpointPublic(PublicModel):
     reason: str | None = None
     kind: Literal["clustering", "embedding"] | None = Field(default=None, description="filled by validation")
     info: dict[str, Any] | None = Field(
-        default=None, description="backbone, num_clusters, nheads, head, in_channels, features_dim"
+        default=None,
+        description="backbone, backbone_source (keys, metadata, upload, or image_size: the job picks "
+        "resnet18_stl for 96-111 px images, resnet18_cifar otherwise), backbone_candidates, num_clusters, "
+        "nheads, head, in_channels, features_dim, normalisation (the stated one, or null: the job's "
+        "dataset statistics), stated (the upload's query fields as given)",
     )
     created_at: datetime
     updated_at: datetime

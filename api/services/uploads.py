@@ -50,8 +50,13 @@ async def accept_upload(
     settings: Settings,
     owner_id: str,
     kind: Literal["dataset", "checkpoint"],
+    *,
+    stated: dict[str, str] | None = None,
 ) -> Dataset | Checkpoint:
     """Store the upload, insert its ``validating`` row, commit, then enqueue its validation task.
+
+    ``stated``: a checkpoint upload's query fields (backbone, normalisation, mean, std) as given; they
+    wait in the row's ``info["stated"]`` for validation, which checks them against the file.
 
     When the broker refuses the message the row and file are removed and the client gets a 503,
     so no upload sits in ``validating`` forever.
@@ -79,7 +84,10 @@ async def accept_upload(
     def insert() -> Dataset | Checkpoint:
         if kind == "dataset":
             return create_dataset(session, dataset_id=row_id, **common)
-        return create_checkpoint(session, checkpoint_id=row_id, **common)
+        row = create_checkpoint(session, checkpoint_id=row_id, **common)
+        if stated:
+            row.info = {"stated": stated}
+        return row
 
     try:
         row = await run_in_threadpool(_insert_commit, session, insert)

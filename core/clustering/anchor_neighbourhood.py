@@ -116,7 +116,8 @@ def _build(inputs: MethodInputs, features_dim: int) -> tuple[AndNet, str]:
         ), inputs.features_source
     _, c, h, w = x.shape
     bb, dim = build_backbone(default_backbone_for(h, w), in_channels=c)
-    return AndNet(bb, dim, features_dim, x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-3)), "new"
+    mean, std = inputs.fresh_stats()
+    return AndNet(bb, dim, features_dim, mean, std), "new"
 
 
 @torch.no_grad()

@@ -28,7 +28,6 @@ the clustering model's backbone features (checkpoint).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Callable
@@ -42,19 +41,18 @@ from torch import nn
 
 from core.augment import weak_augment
 from core.clustering.autok import estimate_k
+from core.clustering.base_networks import (
+    JobNormalisation,
+    load_clustering_checkpoint,
+    load_embedding_checkpoint,
+    new_base_model,
+)
 from core.clustering.kmeans import kmeans
 from core.clustering.methods import METHODS, MethodInputs, run_method
 from core.clustering.pretext import train_simclr
 from core.errors import CoreInputError
 from core.hooks import RunHooks
-from core.models import (
-    ClusteringModel,
-    EmbeddingModel,
-    build_backbone,
-    default_backbone_for,
-    load_clustering_model,
-    load_embedding_model,
-)
+from core.models import ClusteringModel
 from core.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -171,13 +169,6 @@ def pca_features(images01: torch.Tensor, dim: int) -> tuple[torch.Tensor, dict[s
     return feats, {"dim": d, "explained_variance": round(explained, 6), "method": method}
 
 
-def _channel_stats(images01: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of (N, C, H, W) images, for the model's internal normalisation."""
-    mean = images01.mean(dim=(0, 2, 3))
-    std = images01.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return mean.tolist(), std.tolist()
-
-
 def fit_base_network(
     model: ClusteringModel,
     images01: torch.Tensor,
@@ -249,58 +240,6 @@ def _sub_hooks(
         scaled.on_progress(fraction, None, None)
 
     return dataclasses.replace(hooks, on_progress=progress, on_epoch=on_epoch or (lambda _row: None))
-
-
-def _checkpoint_path(checkpoint_paths: dict[str, Path], ckpt_id: str, field_name: str) -> Path:
-    path = checkpoint_paths.get(ckpt_id)
-    if path is None:
-        raise CoreInputError(field_name, f"checkpoint {ckpt_id!r} is not available to this job")
-    return Path(path)
-
-
-def _load_embedding(spec: JobSpec, checkpoint_paths: dict[str, Path], channels: int) -> EmbeddingModel | None:
-    ckpt_id = spec.base.embedding_checkpoint_id
-    if ckpt_id is None:
-        return None
-    field_name = "base.embedding_checkpoint_id"
-    try:
-        model = load_embedding_model(_checkpoint_path(checkpoint_paths, ckpt_id, field_name))
-    except CoreInputError as e:
-        if e.field == field_name:
-            raise
-        raise CoreInputError(field_name, f"{e.field}: {e.problem}") from e
-    _check_channels(model.backbone, channels, field_name)
-    return model
-
-
-def _check_channels(backbone: nn.Module, channels: int, field_name: str) -> None:
-    have = getattr(backbone, "in_channels", None)
-    if have is not None and int(have) != channels:
-        raise CoreInputError(
-            field_name, f"the model takes {have}-channel images but the dataset has {channels}"
-        )
-
-
-def _new_base_model(
-    spec: JobSpec, k: int, emb_model: EmbeddingModel | None, images01: torch.Tensor, emb_source: str
-) -> tuple[ClusteringModel, str]:
-    """Fresh ClusteringModel with K heads' outputs: the embedding model's backbone (copied) if
-    uploaded, else a new backbone of ``spec.base.backbone`` or the default for the image size."""
-    if emb_model is not None:
-        bb = copy.deepcopy(emb_model.backbone)
-        model = ClusteringModel(
-            bb,
-            emb_model.backbone_dim,
-            k,
-            mean=emb_model.mean.flatten().tolist(),
-            std=emb_model.std.flatten().tolist(),
-        )
-        return model, emb_source
-    _, c, h, w = images01.shape
-    name = spec.base.backbone or default_backbone_for(h, w)
-    bb, dim = build_backbone(name, in_channels=c)
-    mean, std = _channel_stats(images01)
-    return ClusteringModel(bb, dim, k, mean=mean, std=std), "new"
 
 
 def _assignment_targets(dataset: ImageDataset, k: int, device: torch.device) -> torch.Tensor:
@@ -381,17 +320,25 @@ def run_base(
     images01 = dataset.to_float(dev)  # (N, C, H, W)
     info: dict[str, Any] = {"method": method}
 
-    emb_model = _load_embedding(spec, checkpoint_paths, dataset.channels)
+    norm = JobNormalisation(spec, dataset)
+    loaded = load_embedding_checkpoint(spec, checkpoint_paths, dataset, norm)
+    emb_model, emb_normalisation = None, None
+    if loaded is not None:
+        emb_model, info["embedding_checkpoint"] = loaded
+        emb_normalisation = info["embedding_checkpoint"]["normalisation"]
     emb_source = "embedding_checkpoint"
     if emb_model is None and spec.base.pretext is not None:
         pretext_rows: list[dict[str, Any]] = []
+        pretext_norm = norm.resolve()
         emb_model, _ = train_simclr(
             images01,
             spec.base.pretext,
             backbone=spec.base.backbone,
             seed=spec.seed,
             hooks=_sub_hooks(hooks, 0.0, _P_PRETEXT, on_epoch=pretext_rows.append),
+            normalisation=(pretext_norm.mean, pretext_norm.std),
         )
+        emb_normalisation = pretext_norm.as_dict()
         emb_source = "pretext"
         info["pretext"] = {
             "backbone": emb_model.backbone_name,
@@ -408,18 +355,10 @@ def run_base(
     if method == "checkpoint":
         assert k is not None  # BaseSpec forbids auto_k with checkpoint
         hooks.on_progress(_P_FEATURES, None, None)
-        ckpt_id = spec.base.clustering_checkpoint_id
-        assert ckpt_id is not None  # BaseSpec's validator
-        field_name = "base.clustering_checkpoint_id"
-        path = _checkpoint_path(checkpoint_paths, ckpt_id, field_name)
-        try:
-            model = load_clustering_model(path, num_clusters=k, head=spec.base.head, backbone=None)
-        except CoreInputError as e:
-            mapped = {"head": "base.head", "num_clusters": "num_clusters"}.get(e.field)
-            if mapped is not None or e.field == field_name:
-                raise CoreInputError(mapped or field_name, e.problem) from e
-            raise CoreInputError(field_name, f"{e.field}: {e.problem}") from e
-        _check_channels(model.backbone, dataset.channels, field_name)
+        model, info["checkpoint"] = load_clustering_checkpoint(
+            spec, checkpoint_paths, dataset, norm, num_clusters=k
+        )
+        info["normalisation"] = info["checkpoint"]["normalisation"]
         model = model.to(dev).eval()
         probs = predict_probs(model, images01)
         if emb_features is not None:
@@ -481,7 +420,7 @@ def run_base(
         per_epoch: list[dict[str, Any]] = []
         res = run_method(
             method,
-            MethodInputs(images01, feats, emb_model, feature_source),
+            MethodInputs(images01, feats, emb_model, feature_source, normalisation=norm.resolve()),
             spec.base,
             num_clusters=k,
             seed=spec.seed,
@@ -497,7 +436,9 @@ def run_base(
         p_fit = _P_CLUSTER_METHOD
     hooks.on_progress(p_fit, None, None)
 
-    model, bb_source = _new_base_model(spec, k, emb_model, images01, emb_source)
+    model, report = new_base_model(spec, k, emb_model, dataset, norm, emb_normalisation)
+    bb_source = emb_source if emb_model is not None else "new"
+    info["normalisation"] = report["normalisation"]
     model = model.to(dev)
     losses = fit_base_network(
         model,

@@ -115,8 +115,7 @@ def _build(inputs: MethodInputs, num_clusters: int, features_dim: int) -> tuple[
     _, c, h, w = x.shape
     bb, dim = build_backbone(default_backbone_for(h, w), in_channels=c)
     rep = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, features_dim))
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    mean, std = inputs.fresh_stats()
     return GccNet(bb, dim, rep, num_clusters, mean, std), "new"
 
 

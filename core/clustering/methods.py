@@ -27,7 +27,7 @@ from core.errors import CoreInputError
 from core.hooks import RunHooks
 
 if TYPE_CHECKING:
-    from core.models import EmbeddingModel
+    from core.models import EmbeddingModel, Normalisation
     from core.spec import BaseSpec
 
 __all__ = ["METHODS", "MethodFn", "MethodInputs", "MethodResult", "get_method", "run_method"]
@@ -42,12 +42,26 @@ class MethodInputs:
         when there is one, else a PCA of the pixels (``features_source`` says which).
     embedding_model: the uploaded SimCLR-layout model (eval mode) or None; gcc and and start from
         its backbone when given.
+    normalisation: what a network the method builds from scratch normalises its inputs with (the
+        job's resolved choice); None: the images' own per-channel statistics.
     """
 
     images01: torch.Tensor
     features: torch.Tensor
     embedding_model: EmbeddingModel | None = None
     features_source: str = "pca"
+    normalisation: Normalisation | None = None
+
+    def fresh_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C,) mean and std float32 for a network built from scratch, on the images' device."""
+        from core.models import image_statistics
+
+        if self.normalisation is not None:
+            mean, std = self.normalisation.mean, self.normalisation.std
+        else:
+            mean, std = image_statistics(self.images01, channels_last=False)
+        dev = self.images01.device
+        return torch.tensor(mean, device=dev), torch.tensor(std, device=dev)
 
     @property
     def device(self) -> torch.device:

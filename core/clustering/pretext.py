@@ -13,6 +13,7 @@ network starts from its backbone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,7 +21,13 @@ import torch
 from core.augment import strong_augment
 from core.clustering.gcc import nt_xent
 from core.hooks import RunHooks
-from core.models import EmbeddingModel, build_backbone, default_backbone_for
+from core.models import (
+    EmbeddingModel,
+    build_backbone,
+    check_input_size,
+    default_backbone_for,
+    image_statistics,
+)
 from core.spec import BackboneName, PretextSpec
 
 __all__ = ["train_simclr"]
@@ -33,21 +40,24 @@ def train_simclr(
     backbone: BackboneName | None,
     seed: int,
     hooks: RunHooks | None = None,
+    normalisation: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> tuple[EmbeddingModel, list[dict[str, Any]]]:
     """Train an EmbeddingModel on images01 (N, C, H, W) in [0, 1] with NT-Xent.
 
     backbone: the backbone to build (None: by image size, as for the base network). Per epoch,
     ``hooks.on_epoch`` gets {"phase": "base:pretext", "epoch", "loss"} and ``hooks.on_progress``
     the fraction of ``cfg.epochs`` done; ``hooks.should_stop`` is checked before every epoch.
+    normalisation: (mean, std) of the model's inputs (None: the images' per-channel statistics).
     Returns the model in eval mode on images01's device and the per-epoch rows.
     """
     hooks = hooks or RunHooks()
     n, c, h, w = images01.shape
     dev = images01.device
     torch.manual_seed(seed)
-    bb, dim = build_backbone(backbone or default_backbone_for(h, w), in_channels=c)
-    mean = images01.mean(dim=(0, 2, 3)).tolist()
-    std = images01.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    name = backbone or default_backbone_for(h, w)
+    check_input_size(name, height=h, width=w, field="base.backbone")
+    bb, dim = build_backbone(name, in_channels=c)
+    mean, std = normalisation or image_statistics(images01, channels_last=False)
     model = EmbeddingModel(bb, dim, features_dim=cfg.features_dim, mean=mean, std=std).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=dev).manual_seed(seed)

@@ -4,12 +4,18 @@ Key layouts matter because uploaded checkpoints are loaded by name:
 
 - ``resnet18_cifar`` follows SCAN's ``models/resnet_cifar.py`` (3x3 stride-1 stem, no max-pool,
   ``shortcut`` Sequential(conv, bn) on downsampling blocks), so SCAN's CIFAR checkpoints load as-is.
+- ``resnet18_stl`` follows SCAN's ``models/resnet_stl.py``: the same parameters (so the two cannot be
+  told apart from a state dict), plus a 2x2 stride-2 max-pool with padding 1 after the stem and a
+  fixed 7x7 average pool at the end. That pool makes the layout defined only where layer4's map is
+  7x7, i.e. for inputs of 96-111 px a side (STL-10 is 96 px).
 - ``resnet18`` / ``resnet34`` / ``resnet50`` are torchvision's ResNets with ``fc`` removed, the layout
   of SCAN's ImageNet models and of most published ResNet weights.
 - ``small_cnn`` is ours: three conv blocks for tiny images (8x8 digits, CPU demos).
 """
 
 from __future__ import annotations
+
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +24,10 @@ from torch import nn
 from core.errors import CoreInputError
 from core.spec import BackboneName
 
-BACKBONE_NAMES: tuple[BackboneName, ...] = ("resnet18_cifar", "resnet18", "resnet34", "resnet50", "small_cnn")
+BACKBONE_NAMES: tuple[BackboneName, ...] = get_args(BackboneName)
+# Input sides (px) for which resnet18_stl's layer4 map is exactly 7x7, the window of its final pool.
+STL_MIN_SIDE, STL_MAX_SIDE = 96, 111
+_STL_POOL = 7
 
 
 class BasicBlock(nn.Module):
@@ -77,6 +86,46 @@ class ResNetCifar(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return torch.flatten(self.avgpool(out), 1)
+
+
+class ResNetStl(ResNetCifar):
+    """SCAN's STL-10 ResNet: the CIFAR layout's parameters, a max-pool after the stem and a fixed
+    7x7 average pool. Input (B, C, H, W) with 96 <= H, W <= 111 -> (B, 512)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) normalised -> (B, 512)."""
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.max_pool2d(out, kernel_size=2, stride=2, padding=1)
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        if out.shape[-2:] != (_STL_POOL, _STL_POOL):
+            raise CoreInputError("images", _stl_size_problem(x.shape[-2], x.shape[-1]))
+        return torch.flatten(F.avg_pool2d(out, _STL_POOL, stride=1), 1)
+
+
+def _stl_size_problem(height: int, width: int) -> str:
+    return (
+        f"resnet18_stl (SCAN's STL-10 layout, fixed 7x7 final pool) needs images of "
+        f"{STL_MIN_SIDE}-{STL_MAX_SIDE} px a side; got {height}x{width}"
+    )
+
+
+def check_input_size(name: BackboneName, *, height: int, width: int, field: str) -> None:
+    """Raise CoreInputError(field) when backbone ``name`` cannot take (height, width) images."""
+    if name == "resnet18_stl" and not (
+        STL_MIN_SIDE <= height <= STL_MAX_SIDE and STL_MIN_SIDE <= width <= STL_MAX_SIDE
+    ):
+        raise CoreInputError(field, _stl_size_problem(height, width))
+
+
+def scan_variant_for(candidates: tuple[BackboneName, ...], height: int, width: int) -> BackboneName:
+    """Pick among backbones with identical state dicts by image size, as SCAN picks by data set:
+    the STL layout for images it can take (STL-10's 96 px), else the first candidate (CIFAR)."""
+    if (
+        "resnet18_stl" in candidates
+        and STL_MIN_SIDE <= min(height, width) <= max(height, width) <= STL_MAX_SIDE
+    ):
+        return "resnet18_stl"
+    return candidates[0]
 
 
 class _ConvBlock(nn.Module):
@@ -138,6 +187,8 @@ def build_backbone(name: BackboneName, *, in_channels: int) -> tuple[nn.Module, 
     module: nn.Module
     if name == "resnet18_cifar":
         module, dim = ResNetCifar((2, 2, 2, 2), in_channels=in_channels), 512
+    elif name == "resnet18_stl":
+        module, dim = ResNetStl((2, 2, 2, 2), in_channels=in_channels), 512
     elif name in ("resnet18", "resnet34", "resnet50"):
         module, dim = _torchvision_resnet(name, in_channels)
     elif name == "small_cnn":

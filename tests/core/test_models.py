@@ -11,7 +11,15 @@ import torchvision
 from torch import nn
 
 from core.errors import CoreInputError
-from core.models import BACKBONE_NAMES, ClusteringModel, EmbeddingModel, build_backbone, default_backbone_for
+from core.models import (
+    BACKBONE_NAMES,
+    ClusteringModel,
+    EmbeddingModel,
+    build_backbone,
+    check_input_size,
+    default_backbone_for,
+)
+from core.models.backbones import scan_variant_for
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +36,7 @@ def _one_thread() -> Iterator[None]:
 def test_backbone_output_shape(name: str, in_channels: int) -> None:
     torch.manual_seed(0)
     net, dim = build_backbone(name, in_channels=in_channels)  # type: ignore[arg-type]
-    side = 8 if name == "small_cnn" else 32
+    side = {"small_cnn": 8, "resnet18_stl": 96}.get(name, 32)
     out = net.eval()(torch.randn(2, in_channels, side, side))
     assert out.shape == (2, dim)
     assert dim == {"resnet50": 2048, "small_cnn": 128}.get(name, 512)
@@ -52,6 +60,39 @@ def test_resnet18_cifar_has_scan_key_layout() -> None:
     net.layer4.register_forward_hook(lambda _m, _i, o: shapes.append(tuple(o.shape)) and None)
     net(torch.zeros(1, 3, 32, 32))
     assert shapes == [(1, 512, 4, 4)]
+
+
+def test_resnet18_stl_shares_cifar_parameters_but_pools_like_scans_stl_model() -> None:
+    """Same state dict as resnet18_cifar; 96 px -> 49 px after the max-pool -> 7x7 at layer4."""
+    torch.manual_seed(0)
+    stl, _ = build_backbone("resnet18_stl", in_channels=3)
+    cifar, _ = build_backbone("resnet18_cifar", in_channels=3)
+    assert {k: v.shape for k, v in stl.state_dict().items()} == {
+        k: v.shape for k, v in cifar.state_dict().items()
+    }
+    shapes: list[tuple[int, ...]] = []
+    stl.layer1.register_forward_hook(lambda _m, _i, o: shapes.append(tuple(o.shape)) and None)
+    stl.layer4.register_forward_hook(lambda _m, _i, o: shapes.append(tuple(o.shape)) and None)
+    assert stl.eval()(torch.rand(1, 3, 111, 96)).shape == (1, 512)
+    assert shapes == [(1, 64, 56, 49), (1, 512, 7, 7)]
+    with pytest.raises(
+        CoreInputError, match=r"images: resnet18_stl .* needs images of 96-111 px a side; got 95x96"
+    ):
+        stl(torch.rand(1, 3, 95, 96))
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "ok"), [(96, 96, True), (111, 100, True), (95, 96, False), (112, 112, False), (32, 32, False)]
+)
+def test_stl_input_size_and_image_size_default(h: int, w: int, ok: bool) -> None:
+    variants = ("resnet18_cifar", "resnet18_stl")
+    assert scan_variant_for(variants, h, w) == ("resnet18_stl" if ok else "resnet18_cifar")
+    check_input_size("resnet18_cifar", height=h, width=w, field="f")
+    if ok:
+        check_input_size("resnet18_stl", height=h, width=w, field="f")
+    else:
+        with pytest.raises(CoreInputError, match=rf"base\.backbone: .* got {h}x{w}"):
+            check_input_size("resnet18_stl", height=h, width=w, field="base.backbone")
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
