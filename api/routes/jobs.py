@@ -33,6 +33,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses=problem_responses(40
 # a millisecond and never waits on a writer (WAL on SQLite, MVCC on Postgres), while the thread-pool hop a
 # sync route needs costs more than the query. Writes stay sync (thread pool): they may wait on locks.
 
+
 def _owned_job(session: SessionDep, owner: str, job_id: str) -> Job:
     job = crud.get_job(session, owner, job_id)
     if job is None:

@@ -10,4 +10,4 @@ BackboneName = Literal["resnet18_cifar", "resnet18", "resnet34", "resnet50", "sm
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
