@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from api.client_errors import TimeLimitExceeded, stored_error
 from api.db.crud import job_runs
 from api.db.models import Job
 from api.db.session import session_scope
@@ -142,6 +143,8 @@ class DbHooks:
         self._last_progress_write = 0.0
         self._total_written: int | None = None
         self._last_stop_poll = 0.0
+        self.time_limit = lease.settings.job_time_limit_seconds  # per attempt; 0: none
+        self.deadline = time.monotonic() + self.time_limit if self.time_limit else None
 
     def run_hooks(self) -> RunHooks:
         return RunHooks(
@@ -201,6 +204,8 @@ class DbHooks:
         if self.lease.lost.is_set():
             return True
         now = time.monotonic()
+        if self.deadline is not None and now > self.deadline:
+            raise TimeLimitExceeded(self.time_limit)  # ends the run; _execute stores it as the error
         if now - self._last_stop_poll < STOP_POLL_SECONDS:
             return self.cancelled
         self._last_stop_poll = now
@@ -330,7 +335,7 @@ def run_job_delivery(
         spec = JobSpec.model_validate(job.spec)
     except ValueError as exc:  # a row written under an older spec schema: fail it, do not retry
         with session_scope() as s:
-            job_runs.finish_job(s, job_id, owner=owner, status="failed", error=f"invalid spec: {exc}"[:2000])
+            job_runs.finish_job(s, job_id, owner=owner, status="failed", error=stored_error(exc))
         return "failed"
     with LeaseKeeper(job_id, owner, settings) as lease:
         hooks = DbHooks(job_id, owner, spec, lease)
@@ -404,12 +409,7 @@ def _execute(
             return "lease_lost", None, None
         return "cancelled", None, None
     except CoreInputError as exc:
-        return "failed", str(exc), None
-    except Exception as exc:  # anything else still ends the job, with the type for the operator
+        return "failed", stored_error(exc), None
+    except Exception as exc:  # the log has the exception; the row a stable code and message
         log.exception("job %s failed", job_id)
-        return "failed", _describe(exc), None
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 2000 else text[:1997] + "..."
+        return "failed", stored_error(exc), None
