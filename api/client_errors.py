@@ -45,6 +45,9 @@ BROKER_UNAVAILABLE_MESSAGE = (
 MAX_STORED_CHARS = 2000
 # Written by the lease sweep (api/db/crud/job_runs.py) in its own words, which carry nothing internal.
 _WORKER_LOST_TEXT = re.compile(r"worker lost \d+ times \(max_attempts=\d+\)")
+# The validation task's prefix for an upload no reader could open; what follows is the reader's error.
+_UNREADABLE_PREFIX = "could not read file:"
+UNREADABLE_MESSAGE = "could not read file: not a readable file of this kind, or corrupt"
 # Exception class names of out-of-memory errors raised by torch (CPU and CUDA), matched without torch.
 _OOM_TYPES = frozenset({"OutOfMemoryError", "MemoryError"})
 
@@ -100,3 +103,11 @@ def public_error(stored: str | None) -> tuple[str | None, str | None]:
     if _WORKER_LOST_TEXT.fullmatch(stored):
         return WORKER_LOST, stored
     return INTERNAL_ERROR, INTERNAL_MESSAGE
+
+
+def public_reason(reason: str | None) -> str | None:
+    """An upload's ``reason`` as a client sees it: a reader's own error text (which can hold internal
+    paths) becomes one stable sentence; core's named defects pass as they are."""
+    if reason is not None and reason.startswith(_UNREADABLE_PREFIX):
+        return UNREADABLE_MESSAGE
+    return reason

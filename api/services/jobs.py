@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.client_errors import BROKER_UNAVAILABLE, BROKER_UNAVAILABLE_MESSAGE, format_error
+from api.client_errors import BROKER_UNAVAILABLE, BROKER_UNAVAILABLE_MESSAGE, format_error, public_reason
 from api.db.crud import checkpoints as ck_crud
 from api.db.crud import datasets as ds_crud
 from api.db.crud import jobs as jobs_crud
@@ -45,7 +45,7 @@ def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> tuple[Datas
     if dataset is None:
         raise field_error(422, "dataset_id", f"no dataset {spec.dataset_id!r}", slug="unknown-reference")
     if dataset.status != "ready":
-        why = f" ({dataset.reason})" if dataset.reason else ""
+        why = f" ({public_reason(dataset.reason)})" if dataset.reason else ""
         raise field_error(
             409, "dataset_id", f"dataset is {dataset.status}{why}; wait until it is ready", slug="not-ready"
         )
@@ -70,7 +70,7 @@ def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> tuple[Datas
         if ck is None:
             raise field_error(422, field, f"no checkpoint {ck_id!r}", slug="unknown-reference")
         if ck.status != "ready":
-            why = f" ({ck.reason})" if ck.reason else ""
+            why = f" ({public_reason(ck.reason)})" if ck.reason else ""
             raise field_error(409, field, f"checkpoint is {ck.status}{why}", slug="not-ready")
         if ck.kind != kind:
             raise field_error(422, field, f"checkpoint is a {ck.kind} model, a {kind} model is needed")
