@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import authenticate
 from api.db.session import get_sessionmaker
+from api.guard import OWNER_STATE_KEY
 from api.settings import Settings, get_settings
 
 
@@ -51,6 +52,10 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 async def get_owner(request: Request, settings: SettingsDep) -> str:
+    """The owner the request guard authenticated (``api/guard.py``), before any body was read."""
+    owner = getattr(request.state, OWNER_STATE_KEY, None)
+    if isinstance(owner, str):
+        return owner
     return await authenticate(
         request.headers.get("authorization"),
         database_url=settings.database_url,

@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI
 
+from api.guard import RequestGuard
 from api.observability import MetricsMiddleware, RequestMetrics
 from api.problems import install_problem_handlers
 from api.routes import include_routers
@@ -27,6 +28,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.request_metrics = RequestMetrics()
     install_problem_handlers(app)
     include_routers(app)
+    # Added last = outermost: metrics see every answer, the guard's 401/413 included.
+    app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.request_metrics)
     return app
 

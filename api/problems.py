@@ -1,8 +1,10 @@
 """RFC 7807 problem details: the one error shape of the API.
 
-Every error leaves as ``application/problem+json`` with ``type``, ``title``, ``status``, ``detail`` and,
-for input errors, ``errors: [{field, problem}]`` where ``field`` is a dotted path into the request
-(``refine.lr``, ``evaluate.attacks.0.eps``, ``file``, ``limit``).
+Every error leaves as ``application/problem+json`` with ``type``, ``title``, ``status``, ``detail``,
+``code`` (a stable slug a client can branch on: ``payload-too-large``, ``quota-exceeded``, ...) and, for
+input errors, ``errors: [{field, problem}]`` where ``field`` is a dotted path into the request
+(``refine.lr``, ``evaluate.attacks.0.eps``, ``file``, ``limit``). Details are written for clients: an
+exception's own text (SQL, hosts, paths) goes to the log, never into a response.
 """
 
 from __future__ import annotations
@@ -79,11 +81,13 @@ def problem_response(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
+    code = slug or _title(status).lower().replace(" ", "-")
     body: dict[str, Any] = {
-        "type": f"/problems/{slug or _title(status).lower().replace(' ', '-')}",
+        "type": f"/problems/{code}",
         "title": title or _title(status),
         "status": status,
         "detail": detail,
+        "code": code,
     }
     if errors:
         body["errors"] = list(errors)
@@ -114,6 +118,7 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
             msg = "unknown field"
         elif err.get("type") == "json_invalid":
             msg = f"body is not valid JSON: {err.get('ctx', {}).get('error', msg)}"
+            loc = ("body",)  # FastAPI puts the character offset here; it is not a field
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         out.append(FieldProblem(dotted_field(loc), msg))

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
 MiB = 1024**2
+KiB = 1024
 
 
 class Settings(BaseSettings):
@@ -64,6 +65,36 @@ class Settings(BaseSettings):
         default=300,
         ge=1,
         description="A queued job or validating upload unclaimed this long is sent to the broker again",
+    )
+    max_body_bytes: int = Field(
+        default=256 * KiB,
+        ge=1024,
+        description="Cap of every non-upload request body, counted on the receive stream (over it: 413)",
+    )
+    metrics_token: str = Field(
+        default="",
+        description="Bearer token of GET /metrics; when set, /metrics needs it and adds job counts by status",
+    )
+    quota_active_jobs: int = Field(
+        default=50, ge=0, description="Queued + running jobs per API key (0: no limit; over it: 429)"
+    )
+    quota_stored_bytes: int = Field(
+        default=100 * GiB,
+        ge=0,
+        description="Bytes of datasets, checkpoints and artifacts per API key (0: no limit; over it: 429)",
+    )
+    quota_uploads_per_hour: int = Field(
+        default=100, ge=0, description="Dataset + checkpoint uploads per API key in any hour (0: no limit)"
+    )
+    job_time_limit_seconds: int = Field(
+        default=24 * 3600,
+        ge=0,
+        description="Wall time of one attempt of a job; the worker fails it past this (0: no limit)",
+    )
+    worker_memory_bytes: int = Field(
+        default=24 * GiB,
+        ge=0,
+        description="Memory one job may use on a worker; a submit estimated above it is a 422 (0: no check)",
     )
 
     @model_validator(mode="after")

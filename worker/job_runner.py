@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from api.client_errors import stored_error
 from api.db.crud import job_runs
 from api.db.crud.job_runs import Lease
 from api.db.models import Job, new_id
@@ -101,7 +102,7 @@ def run_job_delivery(
     try:
         spec = JobSpec.model_validate(job.spec)
     except ValueError as exc:  # a row written under an older spec schema: fail it, do not retry
-        outcome: Outcome = ("failed", f"invalid spec: {exc}"[:2000], None, [])
+        outcome: Outcome = ("failed", stored_error(exc), None, [])
     else:
         with LeaseKeeper(lease, settings) as keeper:
             outcome = _execute(job, spec, DbHooks(spec, keeper), keeper, settings, device)
@@ -194,13 +195,7 @@ def _execute(
         if keeper.lost.is_set():
             return "lease_lost", None, None, []
         return "cancelled", None, None, []
-    except (CoreInputError, TrainingDiverged) as exc:  # their message is written for the client
-        return "failed", str(exc), None, []
-    except Exception as exc:  # anything else still ends the job, with the type for the operator
-        log.exception("job %s failed", job.id)
-        return "failed", _describe(exc), None, []
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 2000 else text[:1997] + "..."
+    except Exception as exc:  # the log has the exception; the row a stable code and message
+        if not isinstance(exc, CoreInputError | TrainingDiverged):
+            log.exception("job %s failed", job.id)
+        return "failed", stored_error(exc), None, []

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from api.client_errors import TimeLimitExceeded
 from api.db.crud import job_runs
 from api.db.session import session_scope
 from core.hooks import RunHooks
@@ -67,6 +68,8 @@ class DbHooks:
         self._last_progress_write = 0.0
         self._total_written: int | None = None
         self._last_stop_poll = 0.0
+        self.time_limit = keeper.settings.job_time_limit_seconds  # per attempt; 0: none
+        self.deadline = time.monotonic() + self.time_limit if self.time_limit else None
 
     def run_hooks(self) -> RunHooks:
         return RunHooks(
@@ -133,6 +136,8 @@ class DbHooks:
         if self.keeper.lost.is_set():
             return True
         now = time.monotonic()
+        if self.deadline is not None and now > self.deadline:
+            raise TimeLimitExceeded(self.time_limit)  # ends the run; the runner stores it as the error
         if now - self._last_stop_poll < STOP_POLL_SECONDS:
             return self.cancelled
         self._last_stop_poll = now

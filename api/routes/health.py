@@ -1,9 +1,14 @@
+"""Operations endpoints. Unauthenticated callers learn only whether the service is up and ready and
+request counts by route; dependency errors go to the log, job counts need ``RUC_METRICS_TOKEN``."""
+
 from __future__ import annotations
 
+import hmac
+import logging
 import os
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +20,7 @@ from api.problems import problem_response
 from api.settings import Settings
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger("api.health")
 
 # Readiness must answer fast even when a dependency hangs.
 PROBE_TIMEOUT_S = 2.0
@@ -65,8 +71,9 @@ async def readyz(request: Request) -> JSONResponse:
         p for p in await run_in_threadpool(lambda: (_check_db(settings), _check_broker(settings))) if p
     ]
     if problems:
-        return problem_response(503, "; ".join(problems), slug="not-ready", extra={"checks": problems})
-    return JSONResponse({"status": "ready", "database": "ok", "broker": "ok"})
+        log.warning("not ready: %s", "; ".join(problems))
+        return problem_response(503, "not ready; the service log has the reason", slug="not-ready")
+    return JSONResponse({"status": "ready"})
 
 
 def _job_counts(settings: Settings) -> dict[str, int] | None:
@@ -77,17 +84,35 @@ def _job_counts(settings: Settings) -> dict[str, int] | None:
         return None
 
 
-@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-async def metrics(request: Request) -> PlainTextResponse:
+def _token_ok(request: Request, token: str) -> bool:
+    scheme, _, sent = (request.headers.get("authorization") or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.encode())
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    summary="Prometheus metrics (job counts with RUC_METRICS_TOKEN)",
+    responses={401: {"description": "RUC_METRICS_TOKEN is set and was not sent"}},
+)
+async def metrics(request: Request) -> Response:
     settings: Settings = request.app.state.settings
+    if settings.metrics_token and not _token_ok(request, settings.metrics_token):
+        return problem_response(
+            401,
+            "send 'Authorization: Bearer <RUC_METRICS_TOKEN>'",
+            slug="unauthorized",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     lines = list(request.app.state.request_metrics.render())
-    counts = await run_in_threadpool(_job_counts, settings)
-    lines.append("# HELP ruc_jobs Jobs by status (all owners).")
-    lines.append("# TYPE ruc_jobs gauge")
-    if counts is not None:
-        for status in JOB_STATUSES:
-            lines.append(f'ruc_jobs{{status="{status}"}} {counts.get(status, 0)}')
-    lines.append("# HELP ruc_database_up 1 when the job count query succeeded.")
-    lines.append("# TYPE ruc_database_up gauge")
-    lines.append(f"ruc_database_up {0 if counts is None else 1}")
+    if settings.metrics_token:  # job counts span all tenants: only for the operator's scraper
+        counts = await run_in_threadpool(_job_counts, settings)
+        lines.append("# HELP ruc_jobs Jobs by status (all owners).")
+        lines.append("# TYPE ruc_jobs gauge")
+        if counts is not None:
+            for status in JOB_STATUSES:
+                lines.append(f'ruc_jobs{{status="{status}"}} {counts.get(status, 0)}')
+        lines.append("# HELP ruc_database_up 1 when the job count query succeeded.")
+        lines.append("# TYPE ruc_database_up gauge")
+        lines.append(f"ruc_database_up {0 if counts is None else 1}")
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

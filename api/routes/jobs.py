@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import FileResponse
 
 from api.db.crud import jobs as crud
@@ -33,15 +33,6 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses=problem_responses(40
 # a millisecond and never waits on a writer (WAL on SQLite, MVCC on Postgres), while the thread-pool hop a
 # sync route needs costs more than the query. Writes stay sync (thread pool): they may wait on locks.
 
-# A job spec is a few KB; anything near this is not a spec and is refused before it is parsed.
-MAX_SPEC_BYTES = 256 * 1024
-
-
-def _limit_body(request: Request) -> None:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_SPEC_BYTES:
-        raise ProblemError(413, f"request body over {MAX_SPEC_BYTES} bytes", slug="payload-too-large")
-
 
 def _owned_job(session: SessionDep, owner: str, job_id: str) -> Job:
     job = crud.get_job(session, owner, job_id)
@@ -54,7 +45,6 @@ def _owned_job(session: SessionDep, owner: str, job_id: str) -> Job:
     "",
     status_code=202,
     response_model=JobPublic,
-    dependencies=[Depends(_limit_body)],
     responses={
         **problem_responses(404, 409, 413, 422, 503),
         202: {"description": "Queued (or the original job, for a replayed Idempotency-Key)"},

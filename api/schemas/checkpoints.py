@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from api.client_errors import public_reason
 from api.schemas.common import PublicModel
 
 
@@ -15,7 +16,7 @@ class CheckpointPublic(PublicModel):
     size: int
     sha256: str
     status: Literal["validating", "ready", "invalid"]
-    reason: str | None = None
+    reason: Annotated[str | None, AfterValidator(public_reason)] = None
     kind: Literal["clustering", "embedding"] | None = Field(default=None, description="filled by validation")
     info: dict[str, Any] | None = Field(
         default=None,

@@ -21,6 +21,10 @@ class Problem(BaseModel):
     title: str = Field(examples=["Invalid request"])
     status: int = Field(examples=[422])
     detail: str = Field(examples=["refine.lr: Input should be less than or equal to 10"])
+    code: str = Field(examples=["validation-error"], description="stable error code (the type's last part)")
+    retry_after_seconds: int | None = Field(
+        default=None, description="429 only: when to retry (also in the Retry-After header)"
+    )
     errors: list[FieldProblemPublic] | None = None
 
 
@@ -30,9 +34,10 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing, unknown or revoked API key",
         404: "No such resource for this key",
         409: "The resource is in a state that forbids this",
-        413: "Upload over the size limit",
+        413: "Body or upload over its size limit",
         415: "Unsupported file type or content type",
         422: "Invalid input; `errors` names each field",
+        429: "A quota of this API key is reached; Retry-After says when to retry",
         503: "Database or broker unavailable",
     }
     return {

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from api.client_errors import public_reason
 from api.schemas.common import PublicModel
 
 
@@ -15,7 +16,9 @@ class DatasetPublic(PublicModel):
     size: int = Field(description="bytes")
     sha256: str
     status: Literal["validating", "ready", "invalid"]
-    reason: str | None = Field(default=None, description="why the dataset is invalid")
+    reason: Annotated[str | None, AfterValidator(public_reason)] = Field(
+        default=None, description="why the dataset is invalid"
+    )
     facts: dict[str, Any] | None = Field(
         default=None,
         description="count, height, width, channels, has_labels, label_count, has_assignments",

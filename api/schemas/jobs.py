@@ -3,8 +3,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
+from api.client_errors import public_error
 from api.schemas.common import PublicModel
 from core.spec import JobSpec
 
@@ -56,12 +57,24 @@ class JobPublic(PublicModel):
     attempts: int
     max_attempts: int
     cancel_requested: bool
-    error: str | None = None
+    error: str | None = Field(default=None, description="why the job failed, written for the client")
+    error_code: str | None = Field(
+        default=None,
+        description="stable code of the failure: invalid_input, invalid_spec, out_of_memory, "
+        "time_limit_exceeded, worker_lost, broker_unavailable, internal_error",
+    )
     spec: dict[str, Any]
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _public_error(self) -> JobPublic:
+        # Built from the row, ``error`` is the stored text; it becomes the code and the client message.
+        if self.error is not None and self.error_code is None:
+            self.error_code, self.error = public_error(self.error)
+        return self
 
 
 class JobsPublic(PublicModel):

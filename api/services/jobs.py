@@ -1,4 +1,5 @@
-"""Job submission: spec checks against the owner's datasets and checkpoints, idempotency, enqueue."""
+"""Job submission: spec checks against the owner's datasets and checkpoints, quotas, the memory
+estimate, idempotency, enqueue."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.client_errors import BROKER_UNAVAILABLE, BROKER_UNAVAILABLE_MESSAGE, format_error, public_reason
 from api.db.crud import checkpoints as ck_crud
 from api.db.crud import datasets as ds_crud
 from api.db.crud import jobs as jobs_crud
-from api.db.models import FINISHED_STATUSES, Job, new_id, utcnow
+from api.db.models import FINISHED_STATUSES, Dataset, Job, new_id, utcnow
+from api.memory_estimate import estimate_job_memory
 from api.problems import FieldProblem, ProblemError, field_error
 from api.queue import GPU_QUEUE, RUN_JOB, EnqueueError, enqueue
+from api.quotas import check_active_jobs
 from api.settings import Settings
 from api.storage import remove_dir, resolve_inside
 from core.spec import JobSpec
@@ -23,6 +27,10 @@ from core.spec import JobSpec
 log = logging.getLogger("api.services.jobs")
 IDEMPOTENCY_FIELD = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY_LEN = 255
+# jobs.error of a job whose message never reached the broker; a replay of its key queues it again.
+UNSENT_ERROR = format_error(BROKER_UNAVAILABLE, BROKER_UNAVAILABLE_MESSAGE)
+BROKER_RETRY_AFTER_S = 5
+GiB = 1024**3
 
 
 def request_hash(spec_json: dict) -> str:
@@ -30,13 +38,14 @@ def request_hash(spec_json: dict) -> str:
     return hashlib.sha256(json.dumps(spec_json, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> None:
-    """4xx naming the field for every reference the job could not run with."""
+def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> tuple[Dataset, str | None]:
+    """4xx naming the field for every reference the job could not run with; returns the dataset and
+    the backbone an uploaded checkpoint declares (clustering first)."""
     dataset = ds_crud.get_dataset(session, owner_id, spec.dataset_id)
     if dataset is None:
         raise field_error(422, "dataset_id", f"no dataset {spec.dataset_id!r}", slug="unknown-reference")
     if dataset.status != "ready":
-        why = f" ({dataset.reason})" if dataset.reason else ""
+        why = f" ({public_reason(dataset.reason)})" if dataset.reason else ""
         raise field_error(
             409, "dataset_id", f"dataset is {dataset.status}{why}; wait until it is ready", slug="not-ready"
         )
@@ -53,6 +62,7 @@ def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> None:
         ("base.embedding_checkpoint_id", spec.base.embedding_checkpoint_id, "embedding"),
         ("base.clustering_checkpoint_id", spec.base.clustering_checkpoint_id, "clustering"),
     )
+    backbone: str | None = None
     for field, ck_id, kind in wanted:
         if ck_id is None:
             continue
@@ -60,7 +70,7 @@ def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> None:
         if ck is None:
             raise field_error(422, field, f"no checkpoint {ck_id!r}", slug="unknown-reference")
         if ck.status != "ready":
-            why = f" ({ck.reason})" if ck.reason else ""
+            why = f" ({public_reason(ck.reason)})" if ck.reason else ""
             raise field_error(409, field, f"checkpoint is {ck.status}{why}", slug="not-ready")
         if ck.kind != kind:
             raise field_error(422, field, f"checkpoint is a {ck.kind} model, a {kind} model is needed")
@@ -77,6 +87,30 @@ def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> None:
                 slug="validation-error",
                 errors=[FieldProblem("num_clusters", f"the clustering checkpoint has {info_k} clusters")],
             )
+        declared = (ck.info or {}).get("backbone")
+        if backbone is None and isinstance(declared, str):
+            backbone = declared
+    return dataset, backbone
+
+
+def _check_memory(settings: Settings, spec: JobSpec, dataset: Dataset, backbone: str | None) -> None:
+    """422 naming the field to change when the job's estimated memory exceeds the worker's."""
+    budget = settings.worker_memory_bytes
+    estimate = estimate_job_memory(spec, dataset.facts or {}, checkpoint_backbone=backbone)
+    if budget <= 0 or estimate is None or estimate.total <= budget:
+        return
+    field = estimate.largest_field()
+    problem = (
+        f"the job needs an estimated {estimate.describe()} of worker memory, over the worker's "
+        f"{budget / GiB:.1f} GiB (RUC_WORKER_MEMORY_BYTES); change {field}"
+    )
+    raise ProblemError(
+        422,
+        problem,
+        slug="exceeds-worker-memory",
+        errors=[FieldProblem(field, problem)],
+        extra={"estimated_bytes": estimate.total, "worker_memory_bytes": budget},
+    )
 
 
 @dataclass
@@ -85,7 +119,24 @@ class Submission:
     replayed: bool
 
 
-def _replay(existing: Job, digest: str) -> Submission:
+def _enqueue_or_fail(session: Session, settings: Settings, job: Job) -> None:
+    """Publish ``jobs.run``; when the broker refuses, the job fails as unsent and the client gets a 503."""
+    try:
+        enqueue(settings, RUN_JOB, [job.id], queue=GPU_QUEUE)
+    except EnqueueError as exc:  # queue.py logged the broker's error for the operator
+        job.status, job.error, job.finished_at = "failed", UNSENT_ERROR, utcnow()
+        jobs_crud.add_event(session, job.id, "error", "not queued: the task broker was unavailable")
+        session.commit()
+        raise ProblemError(
+            503,
+            f"the task broker is unavailable, so job {job.id} was not queued; retry the same request "
+            "with the same Idempotency-Key to queue it",
+            slug="broker-unavailable",
+            headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
+        ) from exc
+
+
+def _replay(session: Session, settings: Settings, existing: Job, digest: str) -> Submission:
     if existing.request_hash != digest:
         raise field_error(
             422,
@@ -93,6 +144,14 @@ def _replay(existing: Job, digest: str) -> Submission:
             "this key was already used with a different request body",
             slug="idempotency-key-reused",
         )
+    # A job the broker never got is queued again by the retry its 503 asked for; one retry wins.
+    if existing.error == UNSENT_ERROR and jobs_crud.requeue_unsent(
+        session, existing.id, stored_error=UNSENT_ERROR
+    ):
+        jobs_crud.add_event(session, existing.id, "info", "job queued (retry after the broker was down)")
+        session.commit()
+        session.refresh(existing)
+        _enqueue_or_fail(session, settings, existing)
     return Submission(existing, replayed=True)
 
 
@@ -102,7 +161,8 @@ def submit_job(
     """Validate, insert and enqueue a job; an Idempotency-Key replay returns the original job.
 
     The (owner_id, idempotency_key) unique constraint settles races: the loser of a concurrent insert
-    rolls back and answers with the winner's job.
+    rolls back and answers with the winner's job. A replay is answered before the quota check, so a
+    client retrying a submit it already made never gets a 429 for it.
     """
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LEN:
         raise field_error(422, IDEMPOTENCY_FIELD, f"must be 1..{MAX_IDEMPOTENCY_KEY_LEN} characters")
@@ -111,8 +171,10 @@ def submit_job(
     if idempotency_key is not None:
         existing = jobs_crud.get_job_by_idempotency_key(session, owner_id, idempotency_key)
         if existing is not None:
-            return _replay(existing, digest)
-    _check_inputs(session, owner_id, spec)
+            return _replay(session, settings, existing, digest)
+    dataset, backbone = _check_inputs(session, owner_id, spec)
+    _check_memory(settings, spec, dataset, backbone)
+    check_active_jobs(session, settings, owner_id)
     job_id = new_id("job")
     try:
         job = jobs_crud.create_job(
@@ -137,13 +199,8 @@ def submit_job(
         )
         if existing is None:
             raise
-        return _replay(existing, digest)
-    try:
-        enqueue(settings, RUN_JOB, [job_id], queue=GPU_QUEUE)
-    except EnqueueError as exc:
-        job.status, job.error, job.finished_at = "failed", f"could not enqueue: {exc}", utcnow()
-        session.commit()
-        raise ProblemError(503, f"the task broker is unavailable; job {job_id} marked failed") from exc
+        return _replay(session, settings, existing, digest)
+    _enqueue_or_fail(session, settings, job)
     return Submission(job, replayed=False)
 
 

@@ -15,6 +15,7 @@ from api.db.crud.datasets import create_dataset
 from api.db.models import Checkpoint, Dataset, new_id
 from api.problems import ProblemError
 from api.queue import CPU_QUEUE, VALIDATE_CHECKPOINT, VALIDATE_DATASET, EnqueueError, enqueue
+from api.quotas import check_upload_rate, storage_exceeded, storage_left
 from api.settings import Settings
 from api.storage import CHECKPOINT_SUFFIXES, DATASET_SUFFIXES, remove_dir
 from api.uploads import StoredUpload, receive_upload
@@ -64,15 +65,25 @@ async def accept_upload(
     prefix, folder, stem, suffixes, task = _KINDS[kind]
     row_id = new_id(prefix)
     relative_dir = f"{folder}/{row_id}"
-    stored: StoredUpload = await receive_upload(
-        request,
-        storage_dir=settings.storage_dir,
-        relative_dir=relative_dir,
-        stem=stem,
-        allowed=suffixes,
-        max_bytes=settings.max_upload_bytes,
-        chunk_bytes=settings.upload_chunk_bytes,
-    )
+    room = await run_in_threadpool(_check_quotas, session, settings, owner_id)
+    # The stored-bytes quota bounds the stream too: the upload stops at the quota, not after it.
+    max_bytes = settings.max_upload_bytes if room is None else min(settings.max_upload_bytes, room)
+    try:
+        stored: StoredUpload = await receive_upload(
+            request,
+            storage_dir=settings.storage_dir,
+            relative_dir=relative_dir,
+            stem=stem,
+            allowed=suffixes,
+            max_bytes=max_bytes,
+            chunk_bytes=settings.upload_chunk_bytes,
+        )
+    except ProblemError as exc:
+        if exc.status == 413 and max_bytes < settings.max_upload_bytes:
+            raise storage_exceeded(
+                settings.quota_stored_bytes, settings.quota_stored_bytes - max_bytes
+            ) from exc
+        raise
     common = {
         "owner_id": owner_id,
         "filename": stored.filename,
@@ -99,5 +110,17 @@ async def accept_upload(
     except EnqueueError as exc:
         await run_in_threadpool(_undo, session, row)
         remove_dir(settings.storage_dir, relative_dir)
-        raise ProblemError(503, f"the task broker is unavailable; upload not kept ({exc})") from exc
+        raise ProblemError(
+            503,
+            "the task broker is unavailable; the upload was not kept, send it again",
+            slug="broker-unavailable",
+        ) from exc
     return row
+
+
+def _check_quotas(session: Session, settings: Settings, owner_id: str) -> int | None:
+    """429 over the upload rate or the storage quota; the bytes still allowed (None: no quota)."""
+    check_upload_rate(session, settings, owner_id)
+    room = storage_left(session, settings, owner_id)
+    session.rollback()  # end the read transaction before the (long) stream
+    return room

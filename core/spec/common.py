@@ -24,7 +24,7 @@ _STAT_LENGTHS = (1, 3)
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NormalisationSpec(_Spec):

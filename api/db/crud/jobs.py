@@ -78,6 +78,21 @@ def add_event(
     return row
 
 
+def requeue_unsent(session: Session, job_id: str, *, stored_error: str) -> bool:
+    """failed -> queued for a job that failed only because its message never reached the broker.
+
+    Conditional on the exact error text and on no attempt having run, so of several concurrent
+    retries exactly one re-queues (and enqueues) the job.
+    """
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "failed", Job.attempts == 0, Job.error == stored_error)
+        .values(status="queued", error=None, finished_at=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
 def cancel_queued(session: Session, job_id: str) -> bool:
     """queued -> cancelled in one conditional UPDATE, so a worker claiming the job at the same moment
     either sees 'cancelled' or wins (then the caller falls back to ``request_cancel``)."""

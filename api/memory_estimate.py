@@ -1,0 +1,129 @@
+"""Worker memory of a job, estimated at submit from the dataset's facts and the spec, without torch.
+
+A job that cannot fit would fail with an out-of-memory error on every attempt; refusing it at submit
+with a 422 naming the field to change is cheaper for everyone. The estimate covers the RUC stage
+(``core/ruc/trainer.py``), the largest, and is a sum of these terms, in bytes (N images of H x W x C,
+batch B = ``refine.batch_size``, k = ``refine.knn_k``, M = ``refine.weak_augmentations``, P the
+backbone's parameters, D its feature width):
+
+- images: ``N*H*W*C`` (the uint8 tensor) ``+ 4*N*H*W*C`` (one float32 copy of the whole set);
+- kNN (strategy ``metric`` or ``hybrid``): ``8*N*k`` (indices) ``+ 4*min(4096, N)*N`` (the
+  similarity block of ``core.sampling.knn_indices``) ``+ 4*N*D`` (embeddings);
+- models: ``4*P*3`` per trained network (weights, gradients, momentum), two with
+  ``refine.co_training``, plus ``4*P`` for the base network;
+- activations: ``B * H*W * a`` with ``a`` the bytes autograd keeps per input pixel for one image
+  (``ACTIVATION_BYTES_PER_PIXEL``), one chunk of B at a time as the trainer runs it;
+- batch inputs: ``2 * (2*M + 1) * B * 4*H*W*C`` (weak views, strong view, the mixed copy);
+- a fixed ``RUNTIME_OVERHEAD_BYTES`` for the interpreter, torch and its allocator.
+
+The result is compared with ``Settings.worker_memory_bytes``; the largest term decides which field
+the 422 names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from core.spec import JobSpec
+
+GiB = 1024**3
+RUNTIME_OVERHEAD_BYTES = 1 * GiB
+KNN_CHUNK_ROWS = 4096  # core.sampling.knn_indices' default chunk_size
+# fp32 bytes autograd saves per input pixel per image in a training-mode forward (3-channel input),
+# the weights it also saves subtracted; measured with torch.autograd.graph.saved_tensors_hooks on
+# core.models.build_backbone at 8-224 px and rounded up (linear in the pixel count within 2 %).
+ACTIVATION_BYTES_PER_PIXEL: dict[str, int] = {
+    "small_cnn": 640,
+    "resnet18_cifar": 4700,
+    "resnet18": 460,
+    "resnet34": 660,
+    "resnet50": 1760,
+}
+# Parameters (3 input channels) and feature width D of each backbone; tests/api checks both against
+# core.models.build_backbone.
+BACKBONE_PARAMETERS: dict[str, int] = {
+    "small_cnn": 93_472,
+    "resnet18_cifar": 11_168_832,
+    "resnet18": 11_176_512,
+    "resnet34": 21_284_672,
+    "resnet50": 23_508_032,
+}
+BACKBONE_FEATURE_DIM: dict[str, int] = {
+    "small_cnn": 128,
+    "resnet18_cifar": 512,
+    "resnet18": 512,
+    "resnet34": 512,
+    "resnet50": 2048,
+}
+# The field a client changes to shrink each term.
+TERM_FIELDS: dict[str, str] = {
+    "images": "dataset_id",
+    "knn": "refine.strategy",
+    "models": "refine.backbone",
+    "activations": "refine.batch_size",
+    "batch_inputs": "refine.batch_size",
+}
+
+
+def default_backbone(height: int, width: int) -> str:
+    """The size rule of ``core.models.default_backbone_for`` (which needs torch to import)."""
+    side = max(height, width)
+    if side <= 16:
+        return "small_cnn"
+    if side <= 64:
+        return "resnet18_cifar"
+    return "resnet18"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    terms: dict[str, int]  # bytes per term, RUNTIME_OVERHEAD_BYTES under "runtime"
+    backbone: str
+
+    @property
+    def total(self) -> int:
+        return sum(self.terms.values())
+
+    def largest_field(self) -> str:
+        """The spec field whose term is largest (the runtime overhead is nobody's to change)."""
+        name = max((t for t in self.terms if t in TERM_FIELDS), key=lambda t: self.terms[t])
+        return TERM_FIELDS[name]
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {n / GiB:.1f} GiB" for name, n in self.terms.items())
+        return f"{self.total / GiB:.1f} GiB ({parts}; backbone {self.backbone})"
+
+
+def estimate_job_memory(
+    spec: JobSpec, facts: dict[str, Any], *, checkpoint_backbone: str | None = None
+) -> MemoryEstimate | None:
+    """Bytes the job's RUC stage needs on a worker; None when the facts lack the image shape.
+
+    facts: the dataset's validation facts (``count``, ``height``, ``width``, ``channels``).
+    """
+    shape = [facts.get(k) for k in ("count", "height", "width", "channels")]
+    if not all(isinstance(v, int) and v > 0 for v in shape):
+        return None
+    n, h, w, c = (int(v) for v in shape)  # type: ignore[arg-type]
+    refine = spec.refine
+    backbone = refine.backbone or spec.base.backbone or checkpoint_backbone or default_backbone(h, w)
+    if backbone not in BACKBONE_PARAMETERS:
+        backbone = default_backbone(h, w)
+    params = BACKBONE_PARAMETERS[backbone]
+    pixels = h * w
+    b = min(refine.batch_size, n)
+    nets = 2 if refine.co_training else 1
+    knn = 0
+    if refine.strategy in ("metric", "hybrid"):
+        k = min(refine.knn_k, max(n - 1, 1))
+        knn = 8 * n * k + 4 * min(KNN_CHUNK_ROWS, n) * n + 4 * n * BACKBONE_FEATURE_DIM[backbone]
+    terms = {
+        "images": 5 * n * pixels * c,
+        "knn": knn,
+        "models": 4 * params * 3 * nets + 4 * params,
+        "activations": b * pixels * ACTIVATION_BYTES_PER_PIXEL[backbone],
+        "batch_inputs": 2 * (2 * refine.weak_augmentations + 1) * b * 4 * pixels * c,
+        "runtime": RUNTIME_OVERHEAD_BYTES,
+    }
+    return MemoryEstimate(terms=terms, backbone=backbone)

@@ -1,0 +1,75 @@
+"""The submit-time memory estimate: a job that cannot fit the worker is a 422 naming the field to
+change; its constants agree with the real backbones (the one place a test may load torch here)."""
+
+from __future__ import annotations
+
+import pytest
+from api_support import Keys, ready_dataset, submit
+from fastapi.testclient import TestClient
+
+from api.memory_estimate import (
+    BACKBONE_FEATURE_DIM,
+    BACKBONE_PARAMETERS,
+    GiB,
+    default_backbone,
+    estimate_job_memory,
+)
+from api.settings import Settings
+from core.spec import JobSpec
+
+CIFAR = {"count": 50_000, "height": 32, "width": 32, "channels": 3, "has_labels": True}
+
+
+def test_estimate_of_cifar10_with_paper_defaults() -> None:
+    est = estimate_job_memory(JobSpec(dataset_id="ds_x", num_clusters=10), CIFAR)
+    assert est is not None and est.backbone == "resnet18_cifar"
+    print(f"CIFAR-10, paper defaults: {est.describe()}")
+    # uint8 + float32 copy of 50,000 x 3,072 = 768 MB; activations 200 x 1,024 px x 4,700 B = 963 MB.
+    assert est.terms["images"] == 5 * 50_000 * 3072 and est.terms["activations"] == 200 * 1024 * 4700
+    assert 2 * GiB < est.total < 4 * GiB
+    bigger = estimate_job_memory(
+        JobSpec(dataset_id="ds_x", num_clusters=10, refine={"batch_size": 2000}), CIFAR
+    )
+    assert bigger is not None and bigger.largest_field() == "refine.batch_size"
+    assert estimate_job_memory(JobSpec(dataset_id="ds_x", num_clusters=10), {"count": 5}) is None
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_submit_over_the_worker_memory_is_422_naming_the_field(
+    client: TestClient, keys: Keys, settings: Settings
+) -> None:
+    mid = ready_dataset(client, settings, keys.a, **{**CIFAR, "height": 64, "width": 64})
+    huge = ready_dataset(client, settings, keys.a, **{**CIFAR, "count": 2_000_000, "height": 64, "width": 64})
+    many = ready_dataset(client, settings, keys.a, count=2_000_000, height=8, width=8, channels=1)
+    cases = [
+        # 4,096 images of 64 x 64 px through resnet18_cifar: 79 GB of activations.
+        (mid, {"refine": {"batch_size": 4096}}, "refine.batch_size"),
+        # 2M x 4,096 similarity rows (33 GB) of the metric strategies, for 0.6 GB of 8 x 8 images ...
+        (many, {"refine": {"batch_size": 64}}, "refine.strategy"),
+        # ... and 2M images of 64 x 64 x 3 themselves (123 GB with the float32 copy).
+        (huge, {"refine": {"batch_size": 64, "strategy": "confidence"}}, "dataset_id"),
+    ]
+    for ds, extra, field in cases:
+        r = submit(client, keys.a, ds, **extra)
+        assert r.status_code == 422, (extra, r.text[:300])
+        body = r.json()
+        assert body["code"] == "exceeds-worker-memory" and body["errors"][0]["field"] == field, body
+        assert (
+            "RUC_WORKER_MEMORY_BYTES" in body["detail"]
+            and body["estimated_bytes"] > settings.worker_memory_bytes
+        )
+    assert client.get("/v1/jobs", headers=keys.a).json()["data"] == []
+    assert submit(client, keys.a, mid).status_code == 202  # paper defaults fit
+
+
+def test_constants_match_the_real_backbones() -> None:
+    torch = pytest.importorskip("torch")
+    from core.models import build_backbone, default_backbone_for
+
+    for name, params in BACKBONE_PARAMETERS.items():
+        module, dim = build_backbone(name, in_channels=3)  # type: ignore[arg-type]
+        assert sum(p.numel() for p in module.parameters()) == params, name
+        assert dim == BACKBONE_FEATURE_DIM[name], name
+    for side in (8, 16, 17, 32, 64, 65, 96, 224):
+        assert default_backbone(side, side) == default_backbone_for(side, side)
+    del torch
