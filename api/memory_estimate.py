@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.spec import JobSpec
+from core.spec.refine import effective_batch_size, effective_knn_k
 
 GiB = 1024**3
 RUNTIME_OVERHEAD_BYTES = 1 * GiB
@@ -112,11 +113,12 @@ def estimate_job_memory(
         backbone = default_backbone(h, w)
     params = BACKBONE_PARAMETERS[backbone]
     pixels = h * w
-    b = min(refine.batch_size, n)
+    b = min(effective_batch_size(refine.batch_size, num_samples=n), n)
     nets = 2 if refine.co_training else 1
     knn = 0
-    if refine.strategy in ("metric", "hybrid"):
-        k = min(refine.knn_k, max(n - 1, 1))
+    if refine.strategy != "confidence":
+        clusters = spec.num_clusters or (spec.base.auto_k.k_min if spec.base.auto_k else 2)
+        k = effective_knn_k(refine.knn_k, num_samples=max(n, 2), num_clusters=clusters)
         knn = 8 * n * k + 4 * min(KNN_CHUNK_ROWS, n) * n + 4 * n * BACKBONE_FEATURE_DIM[backbone]
     terms = {
         "images": 5 * n * pixels * c,
