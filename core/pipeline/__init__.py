@@ -14,11 +14,12 @@ refines with its own seed, the result reports every run and the mean and std of 
 and the artifacts come from the best run by a label-free criterion (``runs.py``).
 
 Artifacts (``artifacts.py``, each written atomically): ``refined_ensemble.safetensors``,
-``assignments.csv``, ``result.json``.
+``assignments.csv``, ``result.json``; then the figures and ``report.html`` (``core.report``, drawn from
+the result; never failing the job).
 """
 
 from core.pipeline.artifacts import load_ensemble
 from core.pipeline.job import JobOutcome, run_job
-from core.pipeline.layout import ARTIFACT_NAMES, STAGES
+from core.pipeline.layout import ARTIFACT_NAMES, REPORT_ARTIFACT_NAMES, STAGES
 
-__all__ = ["ARTIFACT_NAMES", "STAGES", "JobOutcome", "load_ensemble", "run_job"]
+__all__ = ["ARTIFACT_NAMES", "REPORT_ARTIFACT_NAMES", "STAGES", "JobOutcome", "load_ensemble", "run_job"]

@@ -26,6 +26,7 @@ from core.pipeline.refining import refining, run_per_epoch
 from core.pipeline.result import assemble, clean_set_block
 from core.pipeline.runs import best_run
 from core.pipeline.stages import CleanSelection, base_clustering, loading, sampling
+from core.report import write_report
 from core.ruc import RucOutput
 from core.spec import JobSpec
 
@@ -162,6 +163,10 @@ def run_job(
         }
     # The saving stage's own time is known only now; result.json carries all stages.
     result["timings"] = dict(ctx.timings)
+    # The report reads the finished result; its warnings land in ctx.notes, i.e. in result.json.
+    pictures, seconds = write_report(json_safe(result), ctx.work_dir, warn=ctx.warn)
+    paths.update(pictures)
+    result["timings"]["report"] = round(seconds, 4)
     result = json_safe(result)
     write_result(result, paths["result.json"])
     ctx.hooks.on_progress(1.0, None, None)
