@@ -32,6 +32,8 @@ ARTIFACT_MEDIA_TYPES = {
     ".json": "application/json",
     ".csv": "text/csv",
     ".safetensors": "application/octet-stream",
+    ".png": "image/png",  # core.report's figures
+    ".html": "text/html; charset=utf-8",  # report.html: opens in the browser from the download URL
 }
 # Before attempt folders existed, every attempt shared this one; still read when resuming.
 LEGACY_WORK = "work"

@@ -20,6 +20,15 @@ the result; never failing the job).
 
 from core.pipeline.artifacts import load_ensemble
 from core.pipeline.job import JobOutcome, run_job
-from core.pipeline.layout import ARTIFACT_NAMES, REPORT_ARTIFACT_NAMES, STAGES
+from core.pipeline.layout import ARTIFACT_NAMES, BASE_CACHE, REPORT_ARTIFACT_NAMES, RUC_CHECKPOINT, STAGES
 
-__all__ = ["ARTIFACT_NAMES", "REPORT_ARTIFACT_NAMES", "STAGES", "JobOutcome", "load_ensemble", "run_job"]
+__all__ = [
+    "ARTIFACT_NAMES",
+    "BASE_CACHE",
+    "REPORT_ARTIFACT_NAMES",
+    "RUC_CHECKPOINT",
+    "STAGES",
+    "JobOutcome",
+    "load_ensemble",
+    "run_job",
+]

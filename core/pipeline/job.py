@@ -164,9 +164,7 @@ def run_job(
     # The saving stage's own time is known only now; result.json carries all stages.
     result["timings"] = dict(ctx.timings)
     # The report reads the finished result; its warnings land in ctx.notes, i.e. in result.json.
-    pictures, seconds = write_report(json_safe(result), ctx.work_dir, warn=ctx.warn)
-    paths.update(pictures)
-    result["timings"]["report"] = round(seconds, 4)
+    paths.update(write_report(json_safe(result), ctx.work_dir, warn=ctx.warn)[0])
     result = json_safe(result)
     write_result(result, paths["result.json"])
     ctx.hooks.on_progress(1.0, None, None)

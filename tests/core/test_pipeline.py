@@ -17,7 +17,7 @@ from core.errors import CoreInputError, StopRequested
 from core.hooks import RunHooks
 from core.metrics import cluster_accuracy
 from core.models import ClusteringModel, EmbeddingModel, build_backbone, save_safetensors
-from core.pipeline import STAGES, load_ensemble, run_job
+from core.pipeline import REPORT_ARTIFACT_NAMES, STAGES, load_ensemble, run_job
 from core.spec import AttackSpec, BaseSpec, EvaluateSpec, JobSpec, RefineSpec
 
 K = 3
@@ -124,7 +124,8 @@ def test_run_job_labeled_end_to_end(tmp_path: Path) -> None:
     assert not any("knn_k" in n for n in r["notes"])
 
     # Artifacts
-    assert set(out.artifacts) == {"refined_ensemble.safetensors", "assignments.csv", "result.json"}
+    core_names = {"refined_ensemble.safetensors", "assignments.csv", "result.json"}
+    assert set(out.artifacts) == core_names | set(REPORT_ARTIFACT_NAMES)  # labelled: every figure
     assert json.loads(out.artifacts["result.json"].read_text()) == r
     rows = list(csv.reader(out.artifacts["assignments.csv"].open()))
     assert rows[0] == [

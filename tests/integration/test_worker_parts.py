@@ -192,7 +192,11 @@ def test_run_job_delivery_stores_result_metrics_events_and_artifacts(settings: S
         f"stage {s}" for s in ("loading", "base_clustering", "sampling", "refining", "evaluating", "saving")
     ]
     assert messages[-1] == "job succeeded"
-    assert {a.name for a in artifacts} == {"refined_ensemble.safetensors", "assignments.csv", "result.json"}
+    core_names = {"refined_ensemble.safetensors", "assignments.csv", "result.json"}
+    names = {a.name for a in artifacts}
+    assert core_names | {"report.html", "training.png", "cluster_sizes.png"} <= names, names
+    media = {a.name: a.media_type for a in artifacts}
+    assert media["report.html"] == "text/html; charset=utf-8" and media["training.png"] == "image/png"
     for a in artifacts:
         path = settings.storage_dir / a.path
         assert a.path.startswith(f"jobs/{job_id}/artifacts/1/") and path.stat().st_size == a.size
