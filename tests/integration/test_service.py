@@ -124,6 +124,12 @@ def test_job_runs_to_success_with_progress_metrics_result_and_artifacts(
         assert len(body) == art["size"] and hashlib.sha256(body).hexdigest() == art["sha256"], art["name"]
     csv_lines = client.get(f"/v1/jobs/{job_id}/artifacts/assignments.csv").text.strip().splitlines()
     assert len(csv_lines) == 1797 + 1
+    # The pictures (digits has labels: every figure) and the report that inlines each of them.
+    figures = {"reliability.png", "confusion.png", "robustness.png", "training.png", "cluster_sizes.png"}
+    assert figures | {"report.html"} <= names, names
+    report = client.get(f"/v1/jobs/{job_id}/artifacts/report.html")
+    assert report.headers["content-type"].startswith("text/html")
+    assert all(f'id="{name}"><img' in report.text for name in figures)
 
 
 def _wait_epoch(client: httpx.Client, job_id: str, epoch: int, timeout: float = 180) -> dict[str, Any]:
