@@ -74,6 +74,22 @@ def collapse_block(result: dict[str, Any]) -> str:
     return f'<div class="collapse"><h2>Collapse signs</h2><ul>{items}</ul><p>{returned}</p></div>'
 
 
+def runs_table(result: dict[str, Any]) -> str:
+    """With several seeds: each figure's mean, std and values over the runs, and the run chosen."""
+    runs = result.get("runs") or []
+    if len(runs) < 2:
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(k)}</td><td>{_num(v.get('mean'))}</td><td>{_num(v.get('std'))}</td>"
+        f"<td>{escape(', '.join(_num(x) for x in v.get('values') or []))}</td></tr>"
+        for k, v in (result.get("summary") or {}).items()
+    )
+    best = result.get("best_run") or {}
+    head = "<thead><tr><th>figure</th><th>mean</th><th>std</th><th>per run</th></tr></thead>"
+    chosen = f"<p>artifacts from run {_num(best.get('index'))} (seed {_num(best.get('seed'))}): "
+    return f"<h2>Runs</h2>{chosen}{escape(str(best.get('criterion', '')))}</p><table>{head}{rows}</table>"
+
+
 def _timings(result: dict[str, Any]) -> str:
     t = result.get("timings") or {}
     rows = "".join(f"<tr><td>{escape(k)}</td><td>{_num(v, 2)}</td></tr>" for k, v in t.items())
@@ -115,7 +131,7 @@ def render(result: dict[str, Any], figures: list[tuple[str, str, bytes]], report
         f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>{escape(title)}</h1>{info}{collapse_block(result)}"
         f'<h2>Notes</h2><ul id="notes">{notes_html}</ul>'
-        f"<h2>Metrics</h2>{metrics_table(result)}"
+        f"<h2>Metrics</h2>{metrics_table(result)}{runs_table(result)}"
         f'<h2>Figures</h2><div id="figures">{figs}</div>'
         f"<h2>Timings</h2>{_timings(result)}"
         f"<h2>Spec</h2><pre>{spec_json}</pre></body></html>"

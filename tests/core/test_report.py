@@ -115,6 +115,16 @@ def test_a_failing_figure_is_skipped_with_a_warning(tmp_path: Path) -> None:
     assert html.escape(warnings[0]) in (tmp_path / REPORT_HTML).read_text()
 
 
+def test_several_runs_get_their_summary_table() -> None:
+    result = small_result(labels=True, runs=2)
+    assert "<h2>Runs</h2>" not in render(result, [], [])  # no runs block: a single-run result
+    result["runs"] = [{"index": 0}, {"index": 1}]
+    result["summary"] = {"acc": {"mean": 0.81, "std": 0.02, "values": [0.8, 0.82]}}
+    result["best_run"] = {"index": 1, "seed": 7, "criterion": "consensus"}
+    page = render(result, [], [])
+    assert "<h2>Runs</h2>" in page and "0.8100" in page and "0.8000, 0.8200" in page and "seed 7" in page
+
+
 def test_collapse_block_lists_the_fired_signs() -> None:
     result = small_result(labels=False)
     fired = [{"message": "2 cluster(s) merged"}]
