@@ -3,11 +3,13 @@
 The graph: each point's 10 nearest neighbours, Gaussian weights with local scales
 w_ij = exp(-d_ij^2 / (sigma_i sigma_j)), sigma_i = distance to the 7th neighbour (Zelnik-Manor &
 Perona 2004), symmetrised by the maximum, normalised M = D^-1/2 W D^-1/2. The Laplacian
-L = I - M has eigenvalues lambda_1 <= lambda_2 <= ...; K = argmax_k (lambda_{k+1} - lambda_k).
+L = I - M has eigenvalues lambda_1 <= lambda_2 <= ...; K = argmax_k (lambda_{k+1} - lambda_k), or
+the number of the graph's large connected components when there are several (``eigengap_k``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,8 @@ _SIGMA_NEIGHBOUR = 7
 _GRAPH_KNN = 10
 # Dense eigendecomposition up to this many points; scipy's Lanczos (eigsh) above.
 _DENSE_EIG_MAX = 3000
+# Smallest share of the points a graph component must hold to count as a cluster of its own.
+_MIN_COMPONENT = 0.01
 
 
 def _knn_dists(x: torch.Tensor, k: int, *, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,15 +92,37 @@ def spectral_embedding(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.nn.functional.normalize(v, dim=1)
 
 
+def _components(m: Any, min_size: int) -> int:
+    """Connected components of graph m holding at least ``min_size`` nodes."""
+    from scipy.sparse.csgraph import connected_components
+
+    _, labels = connected_components(m, directed=False)
+    return int((np.bincount(labels) >= min_size).sum())
+
+
 def eigengap_k(x: torch.Tensor, k_min: int, k_max: int) -> tuple[int, dict[str, Any]]:
-    """Largest gap lambda_{k+1} - lambda_k of the normalised Laplacian's spectrum, k in [k_min, k_max]."""
+    """Eigengap vote on x (N, D): the number of connected components of the kNN graph when it is
+    split, else the largest gap lambda_{k+1} - lambda_k of the normalised Laplacian, k in range.
+
+    In the ideal case (von Luxburg 2007, Prop. 4) eigenvalue 0 has multiplicity equal to the
+    number of components and K is that count; the gaps inside that zero block are rounding noise,
+    and the first gap after it is a component's Fiedler value, which elongated clusters make small
+    enough for a later gap to win. So when at least two components of ``_MIN_COMPONENT`` * N points
+    (or the graph's 2 * neighbours, if more) exist, their count is the vote (info["raw_k"], which
+    exceeds k_max when the range is too narrow)."""
     n = x.shape[0]
     m = _normalised_affinity(x)  # L = I - M has eigenvalues 1 - mu
+    info: dict[str, Any] = {"graph_knn": min(_GRAPH_KNN, n - 1)}
+    comps = _components(m, max(2 * _GRAPH_KNN, math.ceil(_MIN_COMPONENT * n)))
+    info["components"] = comps
+    if comps >= 2:
+        info["raw_k"] = comps
+        return min(max(comps, k_min), k_max), info
     n_eig = min(k_max + 1, n - 1)
     mu, _ = _top_eigen(m, n_eig, vectors=False)
     lam = 1.0 - mu  # ascending Laplacian eigenvalues lambda_1..lambda_n_eig
+    info["eigenvalues"] = [round(float(v), 6) for v in lam]
     gaps = {k: float(lam[k] - lam[k - 1]) for k in range(k_min, min(k_max, n_eig - 1) + 1)}
     if not gaps:
-        return k_min, {"eigenvalues": [round(float(v), 6) for v in lam]}
-    best = max(gaps, key=lambda kk: (gaps[kk], -kk))
-    return best, {"eigenvalues": [round(float(v), 6) for v in lam], "graph_knn": min(_GRAPH_KNN, n - 1)}
+        return k_min, info
+    return max(gaps, key=lambda kk: (gaps[kk], -kk)), info
