@@ -9,8 +9,9 @@ model; simclr: core.clustering.pretext's SimCLR trained on the subset for --pret
 unit-norm features, as base.pretext does), and core.clustering.autok.estimate_k runs with the
 default AutoKSpec (k in [--k-min, --k-max]). Prints each estimator's vote (* = censored, it
 abstained), the consensus K and the legacy consensus (the median of all clipped votes, the rule
-before censoring) on the same votes; then hit rate (K == truth) and mean absolute error per
-estimator, for the consensus and for the legacy consensus. Not part of the test suite.
+before censoring) on the same votes; then hit rate (K == truth), mean absolute error and the
+censored count per estimator, and hit rate and error of the consensus and the legacy consensus.
+Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ def _embed(x: torch.Tensor, how: str, *, pca_dim: int, pretext_epochs: int, seed
     return embed_images(model.eval(), x)
 
 
-def _summary(name: str, pairs: list[tuple[int, int]]) -> str:
+def _summary(name: str, pairs: list[tuple[int, int]], censored: int | None) -> str:
     hits = sum(k == t for k, t in pairs)
     mae = sum(abs(k - t) for k, t in pairs) / len(pairs)
-    return f"{name:<18} hit {hits:>2}/{len(pairs)} = {hits / len(pairs):.2f}   MAE {mae:5.2f}"
+    tail = f"   censored {censored:>2}/{len(pairs)}" if censored is not None else ""
+    return f"{name:<18} hit {hits:>2}/{len(pairs)} = {hits / len(pairs):.2f}   MAE {mae:5.2f}{tail}"
 
 
 def main() -> None:
@@ -66,6 +68,7 @@ def main() -> None:
         f"{'n':>2} {'seed':>4}  " + " ".join(f"{e:>10}" for e in spec.estimators) + "   chosen  legacy   rule"
     )
     pairs: dict[str, list[tuple[int, int]]] = {e: [] for e in [*spec.estimators, "consensus", "legacy"]}
+    censored = dict.fromkeys(spec.estimators, 0)
     t_all = time.perf_counter()
     for n_cls in (int(c) for c in args.classes.split(",")):
         for seed in (int(s) for s in args.seeds.split(",")):
@@ -80,6 +83,7 @@ def main() -> None:
             for e in spec.estimators:
                 v = res.estimators[e]
                 pairs[e].append((v.vote, n_cls))
+                censored[e] += v.censored is not None
                 cells.append(f"{v.vote:>9}{'*' if v.censored else ' '}")
             pairs["consensus"].append((res.k, n_cls))
             pairs["legacy"].append((res.consensus["legacy_k"], n_cls))
@@ -93,7 +97,7 @@ def main() -> None:
         f"({time.perf_counter() - t_all:.0f} s)"
     )
     for name, p in pairs.items():
-        print(_summary(name, p))
+        print(_summary(name, p, censored.get(name)))
 
 
 if __name__ == "__main__":
