@@ -3,13 +3,12 @@
 The graph: each point's 10 nearest neighbours, Gaussian weights with local scales
 w_ij = exp(-d_ij^2 / (sigma_i sigma_j)), sigma_i = distance to the 7th neighbour (Zelnik-Manor &
 Perona 2004), symmetrised by the maximum, normalised M = D^-1/2 W D^-1/2. The Laplacian
-L = I - M has eigenvalues lambda_1 <= lambda_2 <= ...; K = argmax_k (lambda_{k+1} - lambda_k), or
-the number of the graph's large connected components when there are several (``eigengap_k``).
+L = I - M has eigenvalues lambda_1 <= lambda_2 <= ...; K = argmax_k (lambda_{k+1} - lambda_k), k no
+smaller than the graph's number of connected components (``eigengap_k``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -20,8 +19,6 @@ _SIGMA_NEIGHBOUR = 7
 _GRAPH_KNN = 10
 # Dense eigendecomposition up to this many points; scipy's Lanczos (eigsh) above.
 _DENSE_EIG_MAX = 3000
-# Smallest share of the points a graph component must hold to count as a cluster of its own.
-_MIN_COMPONENT = 0.01
 
 
 def _knn_dists(x: torch.Tensor, k: int, *, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,37 +89,32 @@ def spectral_embedding(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.nn.functional.normalize(v, dim=1)
 
 
-def _components(m: Any, min_size: int) -> int:
-    """Connected components of graph m holding at least ``min_size`` nodes."""
+def _components(m: Any) -> int:
+    """Number of connected components of graph m (scipy sparse)."""
     from scipy.sparse.csgraph import connected_components
 
-    _, labels = connected_components(m, directed=False)
-    return int((np.bincount(labels) >= min_size).sum())
+    return int(connected_components(m, directed=False)[0])
 
 
 def eigengap_k(x: torch.Tensor, k_min: int, k_max: int) -> tuple[int, dict[str, Any]]:
-    """Eigengap vote on x (N, D): the number of connected components of the kNN graph when it is
-    split, else the largest gap lambda_{k+1} - lambda_k of the normalised Laplacian, k in range.
+    """Largest gap lambda_{k+1} - lambda_k of the normalised Laplacian's spectrum of x (N, D), over
+    k in [max(k_min, c), k_max] with c the kNN graph's number of connected components.
 
-    In the ideal case (von Luxburg 2007, Prop. 4) eigenvalue 0 has multiplicity equal to the
-    number of components and K is that count; the gaps inside that zero block are rounding noise,
-    and the first gap after it is a component's Fiedler value, which elongated clusters make small
-    enough for a later gap to win. So when at least two components of ``_MIN_COMPONENT`` * N points
-    (or the graph's 2 * neighbours, if more) exist, their count is the vote (info["raw_k"], which
-    exceeds k_max when the range is too narrow)."""
+    Eigenvalue 0 has multiplicity c (von Luxburg 2007, Prop. 4), so the gaps for k < c are rounding
+    noise and every clustering has at least c clusters; when c > k_max no k in range is admissible
+    and the vote is k_max with info["raw_k"] = c (censored by the consensus)."""
     n = x.shape[0]
     m = _normalised_affinity(x)  # L = I - M has eigenvalues 1 - mu
-    info: dict[str, Any] = {"graph_knn": min(_GRAPH_KNN, n - 1)}
-    comps = _components(m, max(2 * _GRAPH_KNN, math.ceil(_MIN_COMPONENT * n)))
-    info["components"] = comps
-    if comps >= 2:
+    comps = _components(m)
+    info: dict[str, Any] = {"graph_knn": min(_GRAPH_KNN, n - 1), "components": comps}
+    if comps > k_max:
         info["raw_k"] = comps
-        return min(max(comps, k_min), k_max), info
+        return k_max, info
     n_eig = min(k_max + 1, n - 1)
     mu, _ = _top_eigen(m, n_eig, vectors=False)
     lam = 1.0 - mu  # ascending Laplacian eigenvalues lambda_1..lambda_n_eig
     info["eigenvalues"] = [round(float(v), 6) for v in lam]
-    gaps = {k: float(lam[k] - lam[k - 1]) for k in range(k_min, min(k_max, n_eig - 1) + 1)}
+    gaps = {k: float(lam[k] - lam[k - 1]) for k in range(max(k_min, comps), min(k_max, n_eig - 1) + 1)}
     if not gaps:
-        return k_min, info
+        return max(k_min, min(comps, k_max)), info
     return max(gaps, key=lambda kk: (gaps[kk], -kk)), info
