@@ -166,3 +166,24 @@ def test_digits_subset_consensus_hits_the_class_count(classes: tuple[int, ...], 
     print(classes, res.votes, res.consensus["rule"], res.k)
     assert res.estimators["xmeans"].censored == "upper"
     assert res.k == len(classes)
+
+
+def test_xmeans_bic_is_the_gaussian_log_likelihood_minus_the_penalty() -> None:
+    from scipy.stats import multivariate_normal
+
+    from core.clustering.autok.splitting import _bic
+
+    x = _blobs(3, n_per=30, dim=4, seed=2)
+    labels = torch.arange(x.shape[0]) // 30
+    centres = torch.stack([x[labels == c].mean(0) for c in range(3)])
+    r, m, k = x.shape[0], x.shape[1], 3
+    var = float(((x - centres[labels]) ** 2).sum()) / (m * (r - k))
+    loglik = sum(
+        multivariate_normal(centres[c].double().numpy(), var * np.eye(m))
+        .logpdf(x[labels == c].double().numpy())
+        .sum()
+        + 30 * np.log(30 / r)
+        for c in range(k)
+    )
+    expected = loglik - ((k - 1) + m * k + 1) / 2 * np.log(r)
+    assert _bic(x, labels, centres) == pytest.approx(expected, rel=1e-5)
