@@ -19,6 +19,15 @@ Artifacts (``artifacts.py``, each written atomically): ``refined_ensemble.safete
 
 from core.pipeline.artifacts import load_ensemble
 from core.pipeline.job import JobOutcome, run_job
-from core.pipeline.layout import ARTIFACT_NAMES, STAGES
+from core.pipeline.layout import ARTIFACT_NAMES, BASE_CACHE, RUC_CHECKPOINT, STAGES, resume_files
 
-__all__ = ["ARTIFACT_NAMES", "STAGES", "JobOutcome", "load_ensemble", "run_job"]
+__all__ = [
+    "ARTIFACT_NAMES",
+    "BASE_CACHE",
+    "RUC_CHECKPOINT",
+    "STAGES",
+    "JobOutcome",
+    "load_ensemble",
+    "resume_files",
+    "run_job",
+]
