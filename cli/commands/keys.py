@@ -39,9 +39,11 @@ def schema_problem() -> str | None:
         head = ScriptDirectory.from_config(alembic_config(settings.database_url)).get_current_head()
         current = current_revision(settings.database_url)
     except SQLAlchemyError as exc:
-        return f"cannot open the database (RUC_DATABASE_URL): {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        first_line = str(exc).splitlines()[0]
+        return f"cannot open the database (RUC_DATABASE_URL): {type(exc).__name__}: {first_line}"
     if current != head:
-        return f"the database schema is at revision {current or 'none'}, not {head}: run `ruc-service migrate`"
+        revision = current or "none"
+        return f"the database schema is at revision {revision}, not {head}: run `ruc-service migrate`"
     return None
 
 
