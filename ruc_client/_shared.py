@@ -167,7 +167,7 @@ class JobBar:
             total=100,
             desc=job_id,
             disable=not enabled,
-            bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]{postfix}",
+            bar_format="{desc} |{bar}| {percentage:3.0f}%{postfix} [{elapsed}<{remaining}]",
         )
 
     def update(self, job: Job) -> None:
