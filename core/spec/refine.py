@@ -146,6 +146,11 @@ class RefineSpec(_Spec):
     def _some_loss(self) -> RefineSpec:
         if not self.strong_loss and not self.mixmatch:
             raise ValueError("strong_loss and mixmatch are both off: no loss term is left to train on")
+        if self.augmentation == "reference" and not 2 <= self.randaugment_m <= 10:
+            raise ValueError(
+                "refine.randaugment_m must be in [2, 10] with augmentation 'reference' (RandAugmentMC draws "
+                "its level from 1..m-1 and caps m at 10)"
+            )
         return self
 
 
