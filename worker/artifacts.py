@@ -51,12 +51,6 @@ def artifacts_dir(settings: Settings, lease: Lease) -> Path:
     return job_dir(settings, lease.job_id) / "artifacts" / str(lease.attempt)
 
 
-def resume_file_names() -> tuple[str, ...]:
-    from core.pipeline import BASE_CACHE, RUC_CHECKPOINT
-
-    return (BASE_CACHE, RUC_CHECKPOINT)
-
-
 def _earlier_work_dirs(settings: Settings, lease: Lease) -> list[Path]:
     """Earlier attempts' work folders, newest first (the legacy shared folder last)."""
     root = job_dir(settings, lease.job_id)
@@ -68,15 +62,17 @@ def prepare_work_dir(settings: Settings, lease: Lease) -> Path:
     """Create this attempt's work folder holding links to the newest earlier resume files."""
     target = work_dir(settings, lease)
     target.mkdir(parents=True, exist_ok=True)
-    names = resume_file_names()
+    from core.pipeline import resume_files
+
     for earlier in _earlier_work_dirs(settings, lease):
-        found = [earlier / name for name in names if (earlier / name).is_file()]
+        found = resume_files(earlier) if earlier.is_dir() else []
         if not found:
             continue
-        for src in found:
-            dest = target / src.name
+        for rel in found:
+            src, dest = earlier / rel, target / rel
             if dest.exists():
                 continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(src, dest)
             except FileNotFoundError:  # replaced between is_file and link: that attempt's newer copy

@@ -17,39 +17,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from cli.stack import EmbeddedStack, free_port
+from ruc_client import Client
 
-POLL_SECONDS = 1.0
 JOB_TIMEOUT_SECONDS = 20 * 60
-BAR_WIDTH = 30
 
-# The settings of tests/core/test_digits.py (RUC beats its overconfident base on digits; the reasons
-# for each departure from the paper's A.2 defaults are given there), plus FGSM and BIM at two radii.
-# About 2-5 minutes on 2 CPU cores.
+# What a new user sets: K, a seed, a budget in epochs and (for CPU time) a small backbone; everything
+# else is the service's default, as in tests/core/test_digits.py (which checks 3 seeds). Plus FGSM
+# and BIM at two radii. About a minute on 2 quiet CPU cores.
 DEMO_SPEC: dict[str, Any] = {
     "num_clusters": 10,
     "seed": 0,
-    "base": {
-        "method": "kmeans",
-        "pca_dim": 50,
-        "kmeans_restarts": 10,
-        "fit_epochs": 30,
-        "backbone": "small_cnn",
-    },
-    "refine": {
-        "strategy": "metric",
-        "knn_k": 10,
-        "epochs": 10,
-        "batch_size": 128,
-        "lr": 0.05,
-        "label_smoothing": 0.2,
-        "refurbish_every": 3,
-        "lambda_u_rampup_epochs": 10,
-        "weak_augmentations": 1,
-        "randaugment_m": 1,
-    },
+    "base": {"backbone": "small_cnn"},
+    "refine": {"epochs": 30},
     "evaluate": {
         "attacks": [{"kind": "fgsm", "eps": [2 / 255, 8 / 255]}, {"kind": "bim", "eps": [2 / 255, 8 / 255]}],
         "attack_max_samples": 500,
@@ -77,19 +57,6 @@ def digits_npz() -> bytes:
     buf = io.BytesIO()
     np.savez(buf, images=images, labels=d.target.astype(np.int64))
     return buf.getvalue()
-
-
-def _bar(fraction: float) -> str:
-    filled = int(round(BAR_WIDTH * min(max(fraction, 0.0), 1.0)))
-    return "#" * filled + "-" * (BAR_WIDTH - filled)
-
-
-def _progress_line(job: dict[str, Any]) -> str:
-    stage = job.get("stage") or job.get("status", "")
-    epoch, total = job.get("epoch"), job.get("total_epochs")
-    ep = f" epoch {epoch or 0}/{total}" if total else ""
-    fraction = float(job.get("progress") or 0.0)
-    return f"\r[{_bar(fraction)}] {100 * fraction:5.1f}% {stage}{ep}"
 
 
 def _fmt(value: Any) -> str:
@@ -138,41 +105,23 @@ def results_table(result: dict[str, Any]) -> str:
 
 def drive(base_url: str, key: str, spec: dict[str, Any], *, out: Any = sys.stdout) -> dict[str, Any]:
     """Upload digits, wait for ready, run the job with live progress; returns the result JSON."""
-    headers = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
-        resp = client.post(
-            "/v1/datasets", files={"file": ("digits.npz", digits_npz(), "application/octet-stream")}
-        )
-        resp.raise_for_status()
-        dataset = resp.json()
-        print(f"uploaded dataset {dataset['id']} ({dataset.get('size')} bytes)", file=out)
-        deadline = time.monotonic() + 120
-        while dataset["status"] == "validating" and time.monotonic() < deadline:
-            time.sleep(0.5)
-            dataset = client.get(f"/v1/datasets/{dataset['id']}").raise_for_status().json()
-        if dataset["status"] != "ready":
-            raise RuntimeError(f"dataset is {dataset['status']}: {dataset.get('reason')}")
-        print(f"dataset ready: {dataset.get('facts')}", file=out)
-        resp = client.post("/v1/jobs", json={**spec, "dataset_id": dataset["id"]})
-        resp.raise_for_status()
-        job = resp.json()
-        print(f"submitted job {job['id']}", file=out)
-        deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+    with Client(base_url, key) as client:
+        dataset = client.upload_dataset(digits_npz(), filename="digits.npz")
+        print(f"uploaded dataset {dataset.id} ({dataset.size} bytes, sha256 verified)", file=out)
+        dataset = client.wait_dataset(dataset.id, timeout_s=120)
+        if dataset.status != "ready":
+            raise RuntimeError(f"dataset is {dataset.status}: {dataset.reason}")
+        print(f"dataset ready: {dataset.facts}", file=out)
+        job = client.submit_job({**spec, "dataset_id": dataset.id})
+        print(f"submitted job {job.id}", file=out, flush=True)
         started = time.monotonic()
-        while job["status"] in ("queued", "running"):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job['id']} still {job['status']} after {JOB_TIMEOUT_SECONDS} s")
-            print(_progress_line(job) + f"  {time.monotonic() - started:5.0f}s", end="", file=out, flush=True)
-            time.sleep(POLL_SECONDS)
-            job = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
-        print(_progress_line(job), file=out)
-        if job["status"] != "succeeded":
-            raise RuntimeError(f"job {job['status']}: {job.get('error')}")
-        result = client.get(f"/v1/jobs/{job['id']}/result").raise_for_status().json()
-        artifacts = client.get(f"/v1/jobs/{job['id']}/artifacts").raise_for_status().json()
-        names = [a["name"] for a in artifacts.get("data", artifacts if isinstance(artifacts, list) else [])]
+        job = client.wait(job.id, timeout_s=JOB_TIMEOUT_SECONDS)
+        if job.status != "succeeded":
+            raise RuntimeError(f"job {job.status}: {job.error}")
+        result = client.get_result(job.id)
+        names = [a.name for a in client.list_artifacts(job.id)]
         print(f"job succeeded in {time.monotonic() - started:.0f} s; artifacts: {', '.join(names)}", file=out)
-        return result.get("result", result) if isinstance(result, dict) else result
+        return result
 
 
 def run(args: argparse.Namespace) -> int:

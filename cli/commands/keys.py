@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +20,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_revoke)
 
 
+def schema_problem() -> str | None:
+    """Make the schema usable, or say in one line why it is not. The embedded default (SQLite under
+    the data dir) is migrated here, as ``up`` does; any other database is the operator's to migrate."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # before the import: it logs per plugin
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from api.db.migrate import alembic_config, current_revision, upgrade_head
+    from api.settings import get_settings
+
+    settings = get_settings()
+    try:
+        if settings.is_sqlite:
+            settings.ensure_dirs()
+            upgrade_head(settings.database_url)
+            return None
+        head = ScriptDirectory.from_config(alembic_config(settings.database_url)).get_current_head()
+        current = current_revision(settings.database_url)
+    except SQLAlchemyError as exc:
+        first_line = str(exc).splitlines()[0]
+        return f"cannot open the database (RUC_DATABASE_URL): {type(exc).__name__}: {first_line}"
+    if current != head:
+        revision = current or "none"
+        return f"the database schema is at revision {revision}, not {head}: run `ruc-service migrate`"
+    return None
+
+
+def _ready() -> bool:
+    problem = schema_problem()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+    return problem is None
+
+
 def create_key(name: str) -> tuple[str, str]:
     """Insert a key; returns (key id, plaintext)."""
     from api.db.crud import api_keys
@@ -29,6 +65,8 @@ def create_key(name: str) -> tuple[str, str]:
 
 
 def run_create(args: argparse.Namespace) -> int:
+    if not _ready():
+        return 2
     key_id, plaintext = create_key(args.name)
     print(f"created key {key_id} ({args.name}); it is shown only once:")
     print(plaintext)
@@ -36,6 +74,8 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_list(_args: argparse.Namespace) -> int:
+    if not _ready():
+        return 2
     from api.db.crud import api_keys
     from api.db.session import session_scope
 
@@ -47,6 +87,8 @@ def run_list(_args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
+    if not _ready():
+        return 2
     from api.db.crud import api_keys
     from api.db.session import session_scope
 

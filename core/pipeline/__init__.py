@@ -20,7 +20,14 @@ the result; never failing the job).
 
 from core.pipeline.artifacts import load_ensemble
 from core.pipeline.job import JobOutcome, run_job
-from core.pipeline.layout import ARTIFACT_NAMES, BASE_CACHE, REPORT_ARTIFACT_NAMES, RUC_CHECKPOINT, STAGES
+from core.pipeline.layout import (
+    ARTIFACT_NAMES,
+    BASE_CACHE,
+    REPORT_ARTIFACT_NAMES,
+    RUC_CHECKPOINT,
+    STAGES,
+    resume_files,
+)
 
 __all__ = [
     "ARTIFACT_NAMES",
@@ -30,5 +37,6 @@ __all__ = [
     "STAGES",
     "JobOutcome",
     "load_ensemble",
+    "resume_files",
     "run_job",
 ]

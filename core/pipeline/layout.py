@@ -26,3 +26,11 @@ def run_checkpoint(work_dir: Path, index: int, seed: int, runs: int) -> Path:
     if runs == 1:
         return work_dir / RUC_CHECKPOINT
     return work_dir / f"run_{index}_seed_{seed}" / RUC_CHECKPOINT
+
+
+def resume_files(work_dir: Path) -> list[Path]:
+    """The files of ``work_dir`` a resumed job reads, relative to it: the base cache and every
+    run's RUC checkpoint (a new attempt's folder starts from links to these)."""
+    found = [Path(BASE_CACHE)] if (work_dir / BASE_CACHE).is_file() else []
+    found += [p.relative_to(work_dir) for p in sorted(work_dir.glob(f"**/{RUC_CHECKPOINT}")) if p.is_file()]
+    return found

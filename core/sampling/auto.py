@@ -107,6 +107,15 @@ def auto_clean(
     return mask, decision
 
 
+STRATEGY_REASONS = {
+    "metric": "refine.strategy 'metric' (the default): a sample is clean when the majority pseudo-label of "
+    "its k nearest neighbours in the embedding agrees with its own; it does not depend on how confident "
+    "the base network is",
+    "confidence": "refine.strategy 'confidence': the base network's max probability exceeds tau1",
+    "hybrid": "refine.strategy 'hybrid' (the paper's): both the confidence and the kNN test pass",
+}
+
+
 def _reason(by_hybrid: list[int], by_rank: list[int], min_fraction: float, threshold: float) -> str:
     share = f"{min_fraction:.0%} of their members"
     if not by_rank:
@@ -153,4 +162,4 @@ def select_clean_set(
         k=k,
         chunk_size=chunk_size,
     )
-    return mask, {"selected": strategy, "reason": f"refine.strategy={strategy!r} asked for explicitly"}
+    return mask, {"selected": strategy, "reason": STRATEGY_REASONS[strategy]}

@@ -30,7 +30,8 @@ class AutoKSpec(_Spec):
     consensus: Literal["median", "mode"] = Field(
         default="median",
         description="median: the lower median of the votes; mode: the most frequent vote, ties to the median "
-        "of the tied values (lower one)",
+        "of the tied values (lower one). Taken over the uncensored votes: a vote at a bound of "
+        "[k_min, k_max] (x-means/g-means still splitting at k_max) abstains; when all are censored, over all",
     )
     dpmeans_lambda: float | None = Field(
         default=None,

@@ -76,15 +76,32 @@ def test_bim_with_one_step_equals_fgsm() -> None:
     assert torch.allclose(bim(model, x, y, 0.05, steps=1), fgsm(model, x, y, 0.05), atol=1e-7)
 
 
-def test_bim_is_stronger_than_or_equal_to_fgsm_loss_wise_on_linear() -> None:
-    model = _linear(4)
-    x = torch.rand(32, 3, 2, 2, generator=torch.Generator().manual_seed(5)) * 0.5 + 0.25
-    y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(6))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bim_is_at_least_as_strong_as_fgsm_on_a_trained_nonlinear_model(seed: int) -> None:
+    """Same eps: BIM's iterated steps reach a higher loss and no higher accuracy than FGSM's one step.
+
+    Three classes of 4x4 images around random centres, a ReLU MLP trained to ~100%; at eps = 0.2
+    (measured) FGSM leaves 0.70 / 0.32 / 0.69 accuracy and BIM 0.69 / 0.30 / 0.68.
+    """
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (300,), generator=g)
+    centres = torch.rand(3, 1, 4, 4, generator=g)
+    x = (centres[y] + 0.15 * torch.randn(300, 1, 4, 4, generator=g)).clamp(0, 1)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
     ce = nn.CrossEntropyLoss()
     with torch.no_grad():
-        clean = ce(model(x), y)
-        l_bim = ce(model(bim(model, x, y, 0.1, steps=5)), y)
-    assert l_bim > clean
+        x_fgsm, x_bim = fgsm(model, x, y, 0.2), bim(model, x, y, 0.2, steps=10)
+        l_clean, l_fgsm, l_bim = ce(model(x), y), ce(model(x_fgsm), y), ce(model(x_bim), y)
+        acc_fgsm = (model(x_fgsm).argmax(1) == y).float().mean()
+        acc_bim = (model(x_bim).argmax(1) == y).float().mean()
+    assert l_clean < l_fgsm < l_bim, (float(l_clean), float(l_fgsm), float(l_bim))
+    assert acc_bim <= acc_fgsm < 0.9, (float(acc_bim), float(acc_fgsm))
 
 
 def _separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

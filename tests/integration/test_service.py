@@ -112,7 +112,8 @@ def test_job_runs_to_success_with_progress_metrics_result_and_artifacts(
     for block in ("base", "refined"):
         for name in ("acc", "nmi", "ari", "ece"):
             value = result[block][name]
-            assert isinstance(value, float) and 0.0 <= value <= 1.0 or name == "ari", (block, name, value)
+            low = -1.0 if name == "ari" else 0.0  # ARI is chance-corrected: it can fall below 0
+            assert isinstance(value, float) and low <= value <= 1.0, (block, name, value)
         assert result[block]["acc"] > 0.3, result[block]
     assert result["clean_set"] and result["robustness"]
 
