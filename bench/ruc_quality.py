@@ -108,36 +108,27 @@ def main() -> None:
         args.num_clusters = int(ds.labels.unique().numel())
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = [a for a in ARMS if a in args.arms.split(",")]
-    base: list[dict[str, float]] = []
-    results: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in seeds:
-            work = Path(tmp) / f"seed{seed}"  # one base cache per seed, shared by the arms
-            for i, arm in enumerate(arms):
-                r = run_job(_spec(args, seed, ARMS[arm]), ds, device="cpu", work_dir=work).result
-                if i == 0:
-                    base.append(_figures(r, "base"))
-                results[arm].append(r)
-                print(
-                    f"seed {seed} {arm}: acc {r['refined']['acc']:.3f} ece {r['refined']['ece']:.3f}",
-                    flush=True,
-                )
-    wall = time.perf_counter() - t0
     k, e = args.num_clusters, args.epochs
-    print(f"\n{args.dataset}, K={k}, {e} RUC epochs, seeds {args.seeds}, {wall:.0f} s\n")
+    print(f"{args.dataset}, K={k}, {e} RUC epochs, seeds {args.seeds}\n")
     print("| arm | ACC | NMI | ARI | ECE | FGSM 8/255 | clean set (size, precision, recall) |")
-    print("|---|---|---|---|---|---|---|")
-    print(_row("base clustering", base))
-    for arm in arms:
-        rs = results[arm]
-        initial = [r["clean_set"]["initial"] for r in rs]
-        clean = (
-            f"{statistics.fmean(c['size'] for c in initial):.0f}, "
-            f"{statistics.fmean(c['precision'] for c in initial):.3f}, "
-            f"{statistics.fmean(c['recall'] for c in initial):.3f}"
-        )
-        print(_row(arm, [_figures(r, "refined") for r in rs], clean))
+    print("|---|---|---|---|---|---|---|", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, arm in enumerate(arms):  # a row per arm as soon as its seeds are done
+            rs = []
+            for seed in seeds:
+                work = Path(tmp) / f"seed{seed}"  # one base cache per seed, shared by the arms
+                rs.append(run_job(_spec(args, seed, ARMS[arm]), ds, device="cpu", work_dir=work).result)
+            if i == 0:
+                print(_row("base clustering", [_figures(r, "base") for r in rs]), flush=True)
+            initial = [r["clean_set"]["initial"] for r in rs]
+            clean = (
+                f"{statistics.fmean(c['size'] for c in initial):.0f}, "
+                f"{statistics.fmean(c['precision'] for c in initial):.3f}, "
+                f"{statistics.fmean(c['recall'] for c in initial):.3f}"
+            )
+            print(_row(arm, [_figures(r, "refined") for r in rs], clean), flush=True)
+    print(f"\nwall time {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":
