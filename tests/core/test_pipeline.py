@@ -106,7 +106,7 @@ def test_run_job_labeled_end_to_end(tmp_path: Path) -> None:
     # (that refurbishing grows it on real data is checked in test_collapse.py on digits).
     refurbished = sum(e["refurbished"] for e in r["per_epoch"])
     assert r["clean_set"]["final"]["size"] == init["size"] + refurbished
-    assert r["clean_set"]["selected"] == "hybrid" and "explicitly" in r["clean_set"]["reason"]
+    assert r["clean_set"]["selected"] == "hybrid" and "'hybrid'" in r["clean_set"]["reason"]
     assert r["best_run"]["index"] == 0 and len(r["runs"]) == 1
     assert r["summary"]["acc"]["mean"] == r["refined"]["acc"] and r["summary"]["acc"]["std"] is None
     assert set(r["collapse"]["figures"]) == {
@@ -373,8 +373,8 @@ def test_base_stops_between_epochs() -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_default_auto_strategy_reports_its_decision(tmp_path: Path) -> None:
-    spec = _spec().model_copy(update={"refine": RefineSpec(knn_k=5, epochs=1, batch_size=16)})
+def test_auto_strategy_reports_its_decision(tmp_path: Path) -> None:
+    spec = _spec().model_copy(update={"refine": RefineSpec(strategy="auto", knn_k=5, epochs=1, batch_size=16)})
     r = run_job(spec, _synthetic(), device="cpu", work_dir=tmp_path).result
     cs = r["clean_set"]
     assert cs["strategy"] == "auto" and cs["selected"] in ("hybrid", "ranked", "mixed")
