@@ -374,7 +374,9 @@ def test_base_stops_between_epochs() -> None:
 
 
 def test_auto_strategy_reports_its_decision(tmp_path: Path) -> None:
-    spec = _spec().model_copy(update={"refine": RefineSpec(strategy="auto", knn_k=5, epochs=1, batch_size=16)})
+    spec = _spec().model_copy(
+        update={"refine": RefineSpec(strategy="auto", knn_k=5, epochs=1, batch_size=16)}
+    )
     r = run_job(spec, _synthetic(), device="cpu", work_dir=tmp_path).result
     cs = r["clean_set"]
     assert cs["strategy"] == "auto" and cs["selected"] in ("hybrid", "ranked", "mixed")
