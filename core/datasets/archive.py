@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 
 from core.datasets.dataset import ArchiveLimits, ImageDataset
+from core.datasets.zip_guard import check_zip_directory
 from core.errors import CoreInputError
 
 IMAGE_SUFFIXES: dict[str, str] = {
@@ -66,6 +67,18 @@ ArchiveKind = Literal["zip", "tar"]
 # GNU long-name record): the decompressed-stream cap allows this on top of max_total_bytes.
 _TAR_MEMBER_OVERHEAD = 4096
 _TAR_FIXED_OVERHEAD = 1024 * 1024
+# A pax header or GNU long name/link record is read whole into memory by tarfile before the member it
+# describes; real ones hold a path and a few attributes.
+MAX_TAR_HEADER_BYTES = 1024 * 1024
+_EXTENDED_HEADER_TYPES = frozenset(
+    {
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    }
+)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _LIST_SHOWN = 5
 
@@ -160,6 +173,9 @@ class _ZipReader:
         self._infos: dict[str, zipfile.ZipInfo] = {}
 
     def _open(self) -> zipfile.ZipFile:
+        check_zip_directory(
+            self.path, max_members=self.totals.limits.max_members, field=_ARCHIVE, what="valid zip archive"
+        )
         try:
             return zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError, ValueError) as err:
@@ -213,6 +229,20 @@ class _ZipReader:
                 yield name, data
 
 
+class _CappedTarInfo(tarfile.TarInfo):
+    """Refuses an extended header (pax, GNU long name) larger than ``MAX_TAR_HEADER_BYTES`` before
+    tarfile reads its body into memory."""
+
+    def _proc_member(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        if self.type in _EXTENDED_HEADER_TYPES and self.size > MAX_TAR_HEADER_BYTES:
+            raise CoreInputError(
+                _ARCHIVE,
+                f"has an extended (pax or long-name) header of {self.size} bytes, more than the limit "
+                f"{MAX_TAR_HEADER_BYTES}",
+            )
+        return super()._proc_member(tarfile)  # type: ignore[misc]
+
+
 class _BudgetReader(io.RawIOBase):
     """Counts bytes pulled from a (decompressing) stream and stops at a cap (tar/gzip bombs)."""
 
@@ -257,7 +287,9 @@ class _TarReader:
             try:
                 # Stream mode ('r|'): strictly sequential reads, so the byte budget covers everything
                 # the decompressor produces, headers and skipped members included.
-                tf = stack.enter_context(tarfile.open(fileobj=_BudgetReader(inner, self.budget), mode="r|"))
+                tf = stack.enter_context(
+                    tarfile.open(fileobj=_BudgetReader(inner, self.budget), mode="r|", tarinfo=_CappedTarInfo)
+                )
                 for member in tf:
                     yield tf, member
             except CoreInputError:
