@@ -1,5 +1,5 @@
-"""Small upload files that claim a lot of memory when read naively, built on the fly (constant memory
-in the test process: big payloads are streamed through the compressor in 1 MiB chunks).
+"""Hostile uploads, built on the fly. Most are small files that claim a lot of memory when read
+naively (constant memory in the test process: big payloads are streamed in 1 MiB chunks).
 
 Each was measured against the readers before they checked for it (extra RSS of one read):
 ``deflated_pt`` +382 MB in torch.load at 400 MB, ``pax_tar_gz`` +1 GB at 1 GB, ``zero_itemsize_npz``
@@ -92,3 +92,16 @@ def many_entries_zip(path: Path, *, entries: int, claimed: int | None = None) ->
         eocd = z64 + loc + eocd
     path.write_bytes(directory + eocd)
     return path
+
+
+def undecodable_tar(path: Path) -> Path:
+    """A tar whose one member's name holds raw bytes that are not UTF-8 (0xff) and a control byte."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
+        info = tarfile.TarInfo("cat/\xff\x07img.png")
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"junk"))
+    return path
+
+
+# What a reader says about it, as stored: the bytes escaped, the text valid UTF-8.
+UNDECODABLE_REASON = r"archive:cat/\xff\x07img.png: unreadable image: UnidentifiedImageError"

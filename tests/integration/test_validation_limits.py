@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from upload_bombs import deflated_pt, many_entries_zip, pax_tar_gz, zero_itemsize_npz
+from upload_bombs import (
+    UNDECODABLE_REASON,
+    deflated_pt,
+    many_entries_zip,
+    pax_tar_gz,
+    undecodable_tar,
+    zero_itemsize_npz,
+)
 
 from api.db.crud import job_runs
 from api.db.models import ApiKey, Checkpoint, Dataset, new_id
@@ -187,18 +194,6 @@ def test_a_validation_over_its_memory_or_cpu_limit_is_invalid_and_names_the_limi
     slow = _row(settings, Dataset, "slow.tar", _big_png_zip)
     row = _check(settings, Dataset, slow)
     assert (row.status, row.reason) == ("invalid", "validation exceeded its CPU time limit of 1 s")
-
-
-def undecodable_tar(path: Path) -> Path:
-    """A tar whose one member's name holds raw bytes that are not UTF-8 (0xff) and a control byte."""
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
-        info = tarfile.TarInfo("cat/\xff\x07img.png")
-        info.size = 4
-        tf.addfile(info, io.BytesIO(b"junk"))
-    return path
-
-
-UNDECODABLE_REASON = r"archive:cat/\xff\x07img.png: unreadable image: UnidentifiedImageError"
 
 
 def test_a_reason_with_undecodable_member_names_is_stored_readable(settings: Settings) -> None:
