@@ -5,8 +5,9 @@ Each delivery first counts an attempt (``api.db.crud.upload_validation``); the c
 ends ``invalid`` with a reason instead of taking the worker down. A defect core names
 (``CoreInputError``) becomes the row's ``reason`` as is; any other reader failure reads "could not
 read file: ...". Reasons and facts are made storable first (file names from archives can hold bytes
-that are not UTF-8, or NULs, which Postgres refuses). A failed write of the outcome raises, so the
-task is retried and the message is never acknowledged with the row still ``validating``.
+that are not UTF-8, or NULs, which Postgres refuses). A failed write of the outcome raises
+``OutcomeNotRecorded`` carrying it, so the task retries the write alone and is never done with the
+row still ``validating``.
 """
 
 from __future__ import annotations
@@ -116,7 +117,43 @@ def _validate(kind: Kind, model: type[Dataset] | type[Checkpoint], upload_id: st
             outcome.peak_rss_bytes / 2**20,
             reason or "ready",
         )
-    _record(kind, model, upload_id, settings, facts=facts, reason=reason, stated=stated)
+    # Storable already: a retry carries it through the broker's JSON.
+    outcome = {
+        "facts": _storable(facts),
+        "reason": None if reason is None else storable_text(reason, max_chars=REASON_MAX_CHARS),
+        "stated": _storable(stated),
+    }
+    try:
+        _record(kind, model, upload_id, settings, facts=facts, reason=reason, stated=stated)
+    except Exception as exc:
+        raise OutcomeNotRecorded(outcome) from exc
+    return "ready" if reason is None else "invalid"
+
+
+class OutcomeNotRecorded(RuntimeError):
+    """The check finished but its outcome could not be written; ``outcome`` is what to write on retry
+    (a JSON object: facts, reason, stated), so the retry neither validates again nor counts an attempt."""
+
+    def __init__(self, outcome: dict[str, Any]) -> None:
+        super().__init__("the validation outcome could not be recorded")
+        self.outcome = outcome
+
+
+def record_outcome(
+    kind: Kind, upload_id: str, outcome: dict[str, Any], *, settings: Settings | None = None
+) -> str:
+    """Write an outcome that an earlier delivery computed but could not record (``OutcomeNotRecorded``)."""
+    model = Dataset if kind == "dataset" else Checkpoint
+    reason = outcome.get("reason")
+    _record(
+        kind,
+        model,
+        upload_id,
+        settings or get_settings(),
+        facts=outcome.get("facts"),
+        reason=reason,
+        stated=dict(outcome.get("stated") or {}),
+    )
     return "ready" if reason is None else "invalid"
 
 

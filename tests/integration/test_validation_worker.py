@@ -32,12 +32,14 @@ from api.db.session import dispose_engines, session_scope
 
 pytestmark = pytest.mark.service
 MAX_ATTEMPTS = 2
+# Long enough that a retried write lands before the sweep would send the upload again.
+REQUEUE_SECONDS = 8
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     """API + one cpu worker on a database and Redis number of their own (no other worker may take
-    these messages), with fast sweeps and ``RUC_MAX_ATTEMPTS=2``."""
+    these messages), with ``RUC_REQUEUE_SECONDS=8`` and ``RUC_MAX_ATTEMPTS=2``."""
     if not _pg_available():
         pytest.fail(f"Postgres not reachable at {PG_ADMIN_URL} (run .ci/run, which starts it)")
     import psycopg
@@ -53,7 +55,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     broker = f"{REDIS_HOST}/{1 + os.getpid() % 9}"
     redis.Redis.from_url(broker).flushdb()
     data_dir = tmp_path_factory.mktemp("ruc-val")
-    env = service_env(data_dir, url, broker, RUC_MAX_ATTEMPTS=str(MAX_ATTEMPTS), RUC_REQUEUE_SECONDS="2")
+    env = service_env(
+        data_dir, url, broker, RUC_MAX_ATTEMPTS=str(MAX_ATTEMPTS), RUC_REQUEUE_SECONDS=str(REQUEUE_SECONDS)
+    )
     svc = Services(env=env, data_dir=data_dir, log_dir=data_dir / "logs", database_url=url)
     svc.key = create_key(url)
     try:
@@ -125,3 +129,35 @@ def test_an_archive_with_undecodable_member_names_ends_invalid_with_a_readable_r
         final = wait_upload(client, "/v1/datasets", row, timeout=60)
     assert final["status"] == "invalid"
     assert final["reason"].startswith(UNDECODABLE_REASON), final["reason"]
+
+
+_REFUSE_OUTCOMES = """
+CREATE FUNCTION refuse_outcomes() RETURNS trigger AS $$
+BEGIN
+  IF NEW.status <> 'validating' THEN RAISE EXCEPTION 'outcome refused (test trigger)'; END IF;
+  RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER refuse_outcomes BEFORE UPDATE ON datasets FOR EACH ROW EXECUTE FUNCTION refuse_outcomes();
+"""
+
+
+def test_a_failed_outcome_write_is_retried_not_acknowledged(stack: Services) -> None:
+    import psycopg
+
+    conninfo = stack.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(_REFUSE_OUTCOMES)
+        try:
+            with stack.client() as client:
+                row = upload(client, "/v1/datasets", "d.npz", digits_npz(n=50))
+                log = stack.workers["cpu"]
+                wait_for(lambda: f"{row['id']}: validation not recorded" in log.log(), 60, 0.2, "a retry")
+                assert _attempts(stack.database_url, row["id"])[:2] == ("validating", 1)
+        finally:
+            conn.execute("DROP TRIGGER refuse_outcomes ON datasets; DROP FUNCTION refuse_outcomes()")
+    with stack.client() as client:
+        final = wait_upload(client, "/v1/datasets", row, timeout=30)
+    assert final["status"] == "ready"
+    assert final["facts"]["count"] == 50
+    # The retry wrote the outcome it carried: no second validation, no attempt counted.
+    assert _attempts(stack.database_url, row["id"])[1] == 1
