@@ -18,6 +18,7 @@ from PIL import Image
 from upload_bombs import deflated_pt, many_entries_zip, pax_tar_gz, zero_itemsize_npz
 
 import core.datasets.archive as archive_mod
+import core.datasets.archive_readers as readers_mod
 from core.datasets import ArchiveLimits, ImageDataset, load_dataset
 from core.errors import CoreInputError
 
@@ -526,7 +527,7 @@ def test_tar_stream_budget_caps_decompressed_bytes(tmp_path: Path) -> None:
     """Skipped members are streamed through too: their bytes count against the decompression cap."""
     members = {"big.bin": b"\0" * 200_000, "a.png": _png(_img())}
     path = _tar(tmp_path / "d.tar.gz", members, "w:gz")
-    reader = archive_mod._TarReader(path, ArchiveLimits(max_members=1, max_total_bytes=10**9))
+    reader = readers_mod._TarReader(path, ArchiveLimits(max_members=1, max_total_bytes=10**9))
     reader.budget = 50_000
     with pytest.raises(CoreInputError, match=r"archive: decompresses to more than 50000 bytes"):
         reader.scan()
@@ -611,7 +612,7 @@ def test_npz_zero_size_dtype_is_refused(tmp_path: Path) -> None:
 
 def test_tar_extended_header_is_capped_before_it_is_read(tmp_path: Path) -> None:
 
-    path = pax_tar_gz(tmp_path / "d.tar.gz", header_bytes=2 * archive_mod.MAX_TAR_HEADER_BYTES)
+    path = pax_tar_gz(tmp_path / "d.tar.gz", header_bytes=2 * readers_mod.MAX_TAR_HEADER_BYTES)
     with pytest.raises(
         CoreInputError, match=r"archive: has an extended \(pax or long-name\) header of 2097152"
     ):
