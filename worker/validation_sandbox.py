@@ -100,7 +100,12 @@ def run_check(
             child = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
             )
-        status, cpu_used = _wait(child, limits, heartbeat, heartbeat_seconds)
+        try:
+            status, cpu_used = _wait(child, limits, heartbeat, heartbeat_seconds)
+        finally:
+            if child.returncode is None:  # the parent is being torn down: take the child along
+                child.kill()
+                child.wait()
         result = _read_result(result_path)
         # The child's own VmHWM: ru_maxrss (and /proc before exec) would show the forked parent's RSS.
         peak = int(result.get("peak_rss_bytes") or 0) if result else 0
@@ -134,7 +139,10 @@ def _wait(
             child.kill()
         if heartbeat is not None and now - beat >= heartbeat_seconds:
             beat = now
-            heartbeat()
+            try:
+                heartbeat()
+            except Exception:  # a missed renewal costs at most a duplicate delivery
+                log.warning("validation heartbeat failed", exc_info=True)
         time.sleep(_POLL_SECONDS)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from api.settings import Settings, get_settings
 MiB = 1024**2
 # Growth allowed over a clean upload's check: allocator noise, never the bomb's hundreds of MB.
 GROWTH_BOUND = 40 * MiB
+Builder = Callable[[Path], object]
 
 
 @pytest.fixture()
@@ -57,7 +58,7 @@ def _rss() -> int:
     raise AssertionError("no VmRSS")
 
 
-def _row(settings: Settings, model: type[Dataset] | type[Checkpoint], name: str, build) -> str:  # noqa: ANN001
+def _row(settings: Settings, model: type[Dataset] | type[Checkpoint], name: str, build: Builder) -> str:
     upload_id = new_id("ds" if model is Dataset else "ck")
     rel = f"{model.__tablename__}/{upload_id}/{name}"
     (settings.storage_dir / rel).parent.mkdir(parents=True)
@@ -140,7 +141,7 @@ def test_memory_bombs_are_invalid_without_growing_worker_or_child(
     caplog: pytest.LogCaptureFixture,
     model: type[Dataset] | type[Checkpoint],
     name: str,
-    build,  # noqa: ANN001
+    build: Builder,
     reason: str,
 ) -> None:
     caplog.set_level("INFO", logger="worker.validation")

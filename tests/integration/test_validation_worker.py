@@ -94,7 +94,6 @@ def _attempts(url: str, upload_id: str) -> tuple[str, int, str | None]:
         return row.status, row.validation_attempts, row.reason
 
 
-@pytest.mark.slow
 def test_a_validation_that_kills_its_worker_ends_invalid_after_max_attempts(stack: Services) -> None:
     with stack.client() as client:
         row = upload(client, "/v1/datasets", "d.npz", digits_npz(n=300))
