@@ -97,6 +97,23 @@ class Settings(BaseSettings):
         description="Memory one job may use on a worker; a submit estimated above it is a 422 (0: no check)",
     )
 
+    validation_memory_bytes: int = Field(
+        default=2 * GiB,
+        ge=16 * MiB,
+        description="Memory an upload's validation child may allocate beyond its interpreter and "
+        "libraries, plus validation_memory_upload_factor x the upload's size (RLIMIT_AS)",
+    )
+    validation_memory_upload_factor: float = Field(
+        default=8.0, ge=0, description="Per byte of the upload, added to validation_memory_bytes"
+    )
+    validation_cpu_seconds: int = Field(
+        default=300,
+        ge=1,
+        description="CPU seconds of one validation child, plus validation_cpu_seconds_per_gib per GiB "
+        "of the upload (RLIMIT_CPU)",
+    )
+    validation_cpu_seconds_per_gib: int = Field(default=600, ge=0)
+
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()

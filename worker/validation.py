@@ -1,31 +1,62 @@
-"""Upload checks: read a stored dataset or checkpoint with core and record ready/invalid on its row.
+"""Upload checks: read a stored dataset or checkpoint in a limited child and record ready/invalid.
 
-A defect core names (``CoreInputError``) becomes the row's ``reason`` as is; any other exception
-while reading means the file is unreadable ("could not read file: ..."), never a crashed task and
-never a row stuck in ``validating``.
+Each delivery first counts an attempt (``api.db.crud.upload_validation``); the check itself runs in
+``worker.validation_sandbox`` under memory and CPU limits sized from the upload, so a hostile file
+ends ``invalid`` with a reason instead of taking the worker down. A defect core names
+(``CoreInputError``) becomes the row's ``reason`` as is; any other reader failure reads "could not
+read file: ...". Reasons and facts are made storable first (file names from archives can hold bytes
+that are not UTF-8, or NULs, which Postgres refuses). A failed write of the outcome raises
+``OutcomeNotRecorded`` carrying it, so the task retries the write alone and is never done with the
+row still ``validating``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 from pathlib import Path
 from typing import Any
 
-from api.db.crud import job_runs
+from api.db.crud import upload_validation
+from api.db.models import Checkpoint, Dataset
 from api.db.session import session_scope
-from api.settings import Settings, get_settings
+from api.settings import GiB, Settings, get_settings
 from core.errors import CoreInputError
+from worker.validation_sandbox import Kind, SandboxLimits, run_check
 
 log = logging.getLogger(__name__)
 
 REASON_MAX_CHARS = 2000
+# C0 controls but tab and newline, DEL and C1 controls: shown escaped (\x00 is refused by Postgres).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def _reason(exc: BaseException) -> str:
-    text = (
-        str(exc) if isinstance(exc, CoreInputError) else f"could not read file: {type(exc).__name__}: {exc}"
-    )
-    return text if len(text) <= REASON_MAX_CHARS else text[: REASON_MAX_CHARS - 3] + "..."
+def storable_text(text: str, *, max_chars: int | None = None) -> str:
+    """``text`` as valid UTF-8 without control characters: undecodable bytes that Python kept as
+    surrogates show as ``\\xff``, other unencodable characters and controls as escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    if max_chars is not None and len(text) > max_chars:
+        text = text[: max_chars - 3] + "..."
+    return text
+
+
+def _storable(value: Any) -> Any:
+    """A JSON value with every string (keys too) made storable."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
 
 
 def _stored_path(settings: Settings, relative: str) -> Path:
@@ -37,61 +68,125 @@ def _stored_path(settings: Settings, relative: str) -> Path:
     return path
 
 
+def sandbox_limits(settings: Settings, upload_bytes: int) -> SandboxLimits:
+    """Limits of one check: a base plus a share proportional to the upload's size."""
+    memory = settings.validation_memory_bytes + int(settings.validation_memory_upload_factor * upload_bytes)
+    cpu = settings.validation_cpu_seconds + math.ceil(
+        settings.validation_cpu_seconds_per_gib * upload_bytes / GiB
+    )
+    # Wall time: a child blocked in I/O burns no CPU; twice its CPU allowance plus a margin is plenty.
+    return SandboxLimits(memory_bytes=memory, cpu_seconds=cpu, wall_seconds=2.0 * cpu + 60.0)
+
+
+def _validate(kind: Kind, model: type[Dataset] | type[Checkpoint], upload_id: str, settings: Settings) -> str:
+    with session_scope(settings.database_url) as s:
+        start = upload_validation.start_validation(s, model, upload_id, max_attempts=settings.max_attempts)
+    if start.outcome == "missing":
+        log.warning("%s %s: no such row; message dropped", kind, upload_id)
+        return "missing"
+    if start.outcome == "exhausted":
+        log.warning("%s %s invalid: validation crashed %d times", kind, upload_id, start.attempt)
+    if start.outcome != "started":  # decided before (a duplicate delivery), or ended just now
+        return str(start.status)
+    stated = dict((start.info or {}).get("stated") or {})
+    facts: dict[str, Any] | None = None
+    try:
+        path = _stored_path(settings, start.path)
+    except CoreInputError as exc:
+        reason: str | None = str(exc)
+    else:
+
+        def renew() -> None:
+            with session_scope(settings.database_url) as s:
+                upload_validation.renew_validation(s, model, upload_id)
+
+        outcome = run_check(
+            kind,
+            path,
+            stated,
+            limits=sandbox_limits(settings, path.stat().st_size if path.is_file() else 0),
+            heartbeat=renew,
+            heartbeat_seconds=max(1.0, settings.requeue_seconds / 3),
+        )
+        facts, reason = outcome.facts, outcome.reason
+        log.info(
+            "%s %s checked (attempt %d, child peak RSS %.0f MiB): %s",
+            kind,
+            upload_id,
+            start.attempt,
+            outcome.peak_rss_bytes / 2**20,
+            reason or "ready",
+        )
+    # Storable already: a retry carries it through the broker's JSON.
+    outcome = {
+        "facts": _storable(facts),
+        "reason": None if reason is None else storable_text(reason, max_chars=REASON_MAX_CHARS),
+        "stated": _storable(stated),
+    }
+    try:
+        _record(kind, model, upload_id, settings, facts=facts, reason=reason, stated=stated)
+    except Exception as exc:
+        raise OutcomeNotRecorded(outcome) from exc
+    return "ready" if reason is None else "invalid"
+
+
+class OutcomeNotRecorded(RuntimeError):
+    """The check finished but its outcome could not be written; ``outcome`` is what to write on retry
+    (a JSON object: facts, reason, stated), so the retry neither validates again nor counts an attempt."""
+
+    def __init__(self, outcome: dict[str, Any]) -> None:
+        super().__init__("the validation outcome could not be recorded")
+        self.outcome = outcome
+
+
+def record_outcome(
+    kind: Kind, upload_id: str, outcome: dict[str, Any], *, settings: Settings | None = None
+) -> str:
+    """Write an outcome that an earlier delivery computed but could not record (``OutcomeNotRecorded``)."""
+    model = Dataset if kind == "dataset" else Checkpoint
+    reason = outcome.get("reason")
+    _record(
+        kind,
+        model,
+        upload_id,
+        settings or get_settings(),
+        facts=outcome.get("facts"),
+        reason=reason,
+        stated=dict(outcome.get("stated") or {}),
+    )
+    return "ready" if reason is None else "invalid"
+
+
+def _record(
+    kind: Kind,
+    model: type[Dataset] | type[Checkpoint],
+    upload_id: str,
+    settings: Settings,
+    *,
+    facts: dict[str, Any] | None,
+    reason: str | None,
+    stated: dict[str, Any],
+) -> None:
+    """Write the outcome; raises on a failed write (the task then retries, the row stays validating)."""
+    ready = reason is None
+    text = None if ready else storable_text(str(reason), max_chars=REASON_MAX_CHARS)
+    values: dict[str, Any]
+    if kind == "dataset":
+        values = {"facts": _storable(facts)}
+    elif ready and facts is not None:
+        values = {"kind": str(facts["kind"]), "info": _storable({**facts, "stated": stated or None})}
+    else:
+        values = {"kind": None, "info": _storable({"stated": stated}) if stated else None}
+    with session_scope(settings.database_url) as s:
+        upload_validation.finish_validation(s, model, upload_id, ready=ready, reason=text, **values)
+
+
 def validate_dataset(dataset_id: str, *, settings: Settings | None = None) -> str:
     """Load the dataset with ``core.datasets.load_dataset``; returns the status written (or ``missing``)."""
-    settings = settings or get_settings()
-    with session_scope() as s:
-        ds = job_runs.get_dataset(s, dataset_id)
-        if ds is None:
-            log.warning("dataset %s: no such row; message dropped", dataset_id)
-            return "missing"
-        if ds.status != "validating":  # a duplicate delivery (recovery sweep): already decided
-            return ds.status
-        relative = ds.path
-    facts: dict[str, Any] | None = None
-    reason: str | None = None
-    try:
-        from core.datasets import load_dataset
-
-        facts = load_dataset(_stored_path(settings, relative)).facts()
-    except Exception as exc:
-        reason = _reason(exc)
-        log.info("dataset %s invalid: %s", dataset_id, reason)
-    with session_scope() as s:
-        job_runs.set_dataset_validation(s, dataset_id, ready=reason is None, facts=facts, reason=reason)
-    return "ready" if reason is None else "invalid"
+    return _validate("dataset", Dataset, dataset_id, settings or get_settings())
 
 
 def validate_checkpoint(checkpoint_id: str, *, settings: Settings | None = None) -> str:
     """Inspect the checkpoint with ``core.models.inspect_checkpoint`` (safe loaders only), checked
     against the upload's stated fields; a valid statement is written beside the file for jobs."""
-    settings = settings or get_settings()
-    with session_scope(settings.database_url) as s:
-        ck = job_runs.get_checkpoint(s, checkpoint_id)
-        if ck is None:
-            log.warning("checkpoint %s: no such row; message dropped", checkpoint_id)
-            return "missing"
-        if ck.status != "validating":  # a duplicate delivery (recovery sweep): already decided
-            return ck.status
-        relative = ck.path
-        stated = dict((ck.info or {}).get("stated") or {})
-    kind: str | None = None
-    info: dict[str, Any] | None = {"stated": stated} if stated else None
-    reason: str | None = None
-    try:
-        from core.models import inspect_checkpoint, parse_statement, write_statement
-
-        path = _stored_path(settings, relative)
-        statement = parse_statement(stated)
-        facts = inspect_checkpoint(path, statement=statement).to_dict()
-        write_statement(path, statement)
-        info = {**facts, "stated": stated or None}
-        kind = str(facts["kind"])
-    except Exception as exc:
-        reason = _reason(exc)
-        log.info("checkpoint %s invalid: %s", checkpoint_id, reason)
-    with session_scope(settings.database_url) as s:
-        job_runs.set_checkpoint_validation(
-            s, checkpoint_id, ready=reason is None, kind=kind, info=info, reason=reason
-        )
-    return "ready" if reason is None else "invalid"
+    return _validate("checkpoint", Checkpoint, checkpoint_id, settings or get_settings())

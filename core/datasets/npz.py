@@ -9,6 +9,7 @@ before its data is allocated.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 from core.datasets.dataset import ArchiveLimits, ImageDataset
 from core.datasets.validation import check_assignment_probs, check_class_names, check_images, check_labels
+from core.datasets.zip_guard import check_zip_directory
 from core.errors import CoreInputError
 
 KNOWN_KEYS = ("images", "labels", "class_names", "assignments", "assignment_probs")
@@ -24,6 +26,12 @@ KNOWN_KEYS = ("images", "labels", "class_names", "assignments", "assignment_prob
 
 def _check_container(path: Path, limits: ArchiveLimits) -> dict[str, zipfile.ZipInfo]:
     """Zip-level checks; returns the ``.npy`` members by array name."""
+    check_zip_directory(
+        path,
+        max_members=limits.max_members,
+        field="npz",
+        what="valid .npz file (it must be a zip of .npy arrays)",
+    )
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
@@ -62,9 +70,13 @@ def _read_array(path: Path, key: str, info: zipfile.ZipInfo) -> np.ndarray:
                 raise CoreInputError(
                     key, "is an object array (pickled Python objects); refused, store a plain numeric array"
                 )
+            # A zero-size dtype ('|S0', 'V0') makes any element count hold no bytes, so the size check
+            # below would pass while numpy still builds per-element objects (e.g. in tolist()).
+            if dtype.itemsize == 0:
+                raise CoreInputError(key, f"has a zero-size dtype {dtype.str!r}; refused")
             # The header's shape drives numpy's allocation: a lying header must not allocate more than
-            # the member actually declares.
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+            # the member actually declares; with itemsize >= 1 this caps the element count too.
+            nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
             if nbytes > info.file_size:
                 raise CoreInputError(
                     key, f"header claims {nbytes} bytes of data but the member holds {info.file_size}"

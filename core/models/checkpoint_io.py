@@ -14,6 +14,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 
+from core.datasets.zip_guard import check_zip_directory
 from core.errors import CoreInputError
 
 TORCH_SUFFIXES = (".pt", ".pth", ".pth.tar")
@@ -28,6 +30,8 @@ SAFETENSORS_SUFFIX = ".safetensors"
 FIELD = "checkpoint"
 # Keys listed by name in an error before the rest is summarised as a count.
 _MAX_NAMED_KEYS = 5
+# Records of one torch zip file: one per tensor storage plus a few (data.pkl, version, byteorder).
+MAX_TORCH_RECORDS = 100_000
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
@@ -59,7 +63,45 @@ def _weights_only_detail(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
+def _check_torch_zip(path: Path) -> None:
+    """A zip-format torch file must hold stored (uncompressed) members that fit in the file.
+
+    ``torch.save`` writes every record stored; torch's reader would inflate a deflated record whole
+    into memory, so a few hundred KB could claim gigabytes. Checked before ``torch.load`` reads it.
+    """
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return  # the legacy (pre-1.6) pickle format; torch.load checks it
+    check_zip_directory(
+        path,
+        max_members=MAX_TORCH_RECORDS,
+        field=FIELD,
+        what="readable PyTorch checkpoint (corrupt or truncated?)",
+    )
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CoreInputError(FIELD, f"not a readable PyTorch checkpoint (corrupt zip): {err}") from None
+    size = path.stat().st_size
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CoreInputError(
+                f"{FIELD}:{info.filename}",
+                f"record is compressed (method {info.compress_type}); torch.save stores records "
+                "uncompressed, refused",
+            )
+        if info.file_size != info.compress_size or info.file_size > size:
+            raise CoreInputError(
+                f"{FIELD}:{info.filename}",
+                f"record declares {info.file_size} bytes but the file holds {info.compress_size} of it",
+            )
+    if sum(i.file_size for i in infos) > size:
+        raise CoreInputError(FIELD, "records declare more bytes than the file holds; corrupt checkpoint")
+
+
 def _load_torch_file(path: Path) -> Any:
+    _check_torch_zip(path)
     try:
         with warnings.catch_warnings():
             # The restricted unpickler warns about pickle protocols; irrelevant to the user.

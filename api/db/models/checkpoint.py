@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.db.models.base import Base, UTCDateTime, utcnow
@@ -28,6 +28,9 @@ class Checkpoint(Base):
     kind: Mapped[str | None] = mapped_column(String(16), default=None, doc="clustering | embedding")
     info: Mapped[dict[str, Any] | None] = mapped_column(
         JSON, default=None, doc="core CheckpointInfo as a dict"
+    )
+    validation_attempts: Mapped[int] = mapped_column(
+        Integer, default=0, server_default="0", doc="validation runs started; capped by max_attempts"
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.db.models.base import Base, UTCDateTime, utcnow
@@ -26,6 +26,9 @@ class Dataset(Base):
     path: Mapped[str] = mapped_column(String(500), doc="relative to Settings.storage_dir")
     status: Mapped[str] = mapped_column(String(16), default="validating")
     reason: Mapped[str | None] = mapped_column(Text, default=None, doc="why it is invalid")
+    validation_attempts: Mapped[int] = mapped_column(
+        Integer, default=0, server_default="0", doc="validation runs started; capped by max_attempts"
+    )
     facts: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
