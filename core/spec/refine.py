@@ -23,7 +23,9 @@ _AUGMENTATION_DOC = (
     "ops, each applied with p = 0.5 at one fixed strength for randaugment_m = 2, e.g. brightness "
     "factor 0.109, rotation +-41 degrees; needs 2 <= randaugment_m <= 10) + a grey Cutout of half "
     "the image side. The reference views are much harsher: the weak view crops up to 80% of the "
-    "area away and every strong view loses up to a quarter of its pixels to the cutout."
+    "area away and every strong view loses up to a quarter of its pixels to the cutout. Default: "
+    "paper, which measured better on digits over 3 seeds (bench/ruc_quality.py, 10 epochs: NMI 0.823 "
+    "vs 0.795, ECE 0.036 vs 0.051, FGSM accuracy 0.780 vs 0.772; reference was 2 points more accurate)."
 )
 
 
