@@ -70,7 +70,13 @@ async def upload_checkpoint(
     return CheckpointPublic.model_validate(row)
 
 
-@router.get("", response_model=CheckpointsPublic, responses=problem_responses(422))
+@router.get(
+    "",
+    response_model=CheckpointsPublic,
+    responses=problem_responses(422),
+    summary="List your checkpoints, newest first",
+    description="Keyset pagination: pass the last id seen as `after` while `has_more` is true.",
+)
 async def list_checkpoints(
     owner: OwnerDep,
     session: SessionDep,
@@ -86,7 +92,12 @@ async def list_checkpoints(
     )
 
 
-@router.get("/{checkpoint_id}", response_model=CheckpointPublic, responses=problem_responses(404))
+@router.get(
+    "/{checkpoint_id}",
+    response_model=CheckpointPublic,
+    responses=problem_responses(404),
+    summary="Get a checkpoint: status, detected kind and reason",
+)
 async def get_checkpoint(checkpoint_id: str, owner: OwnerDep, session: SessionDep) -> CheckpointPublic:
     row = crud.get_checkpoint(session, owner, checkpoint_id)
     if row is None:
@@ -94,7 +105,12 @@ async def get_checkpoint(checkpoint_id: str, owner: OwnerDep, session: SessionDe
     return CheckpointPublic.model_validate(row)
 
 
-@router.delete("/{checkpoint_id}", status_code=204, responses=problem_responses(404, 409))
+@router.delete(
+    "/{checkpoint_id}",
+    status_code=204,
+    responses=problem_responses(404, 409),
+    summary="Delete a checkpoint and its file (409 while a queued or running job uses it)",
+)
 def delete_checkpoint(
     checkpoint_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep
 ) -> Response:

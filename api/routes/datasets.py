@@ -31,7 +31,13 @@ async def upload_dataset(
     return DatasetPublic.model_validate(row)
 
 
-@router.get("", response_model=DatasetsPublic, responses=problem_responses(422))
+@router.get(
+    "",
+    response_model=DatasetsPublic,
+    responses=problem_responses(422),
+    summary="List your datasets, newest first",
+    description="Keyset pagination: pass the last id seen as `after` while `has_more` is true.",
+)
 async def list_datasets(
     owner: OwnerDep,
     session: SessionDep,
@@ -47,7 +53,12 @@ async def list_datasets(
     )
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic, responses=problem_responses(404))
+@router.get(
+    "/{dataset_id}",
+    response_model=DatasetPublic,
+    responses=problem_responses(404),
+    summary="Get a dataset: status (`validating`, `ready`, `invalid`), facts and reason",
+)
 async def get_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> DatasetPublic:
     row = crud.get_dataset(session, owner, dataset_id)
     if row is None:
@@ -55,7 +66,12 @@ async def get_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> 
     return DatasetPublic.model_validate(row)
 
 
-@router.delete("/{dataset_id}", status_code=204, responses=problem_responses(404, 409))
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    responses=problem_responses(404, 409),
+    summary="Delete a dataset and its file (409 while jobs reference it)",
+)
 def delete_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> Response:
     row = crud.get_dataset(session, owner, dataset_id)
     if row is None:

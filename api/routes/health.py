@@ -19,14 +19,14 @@ from api.db.session import get_sessionmaker
 from api.problems import problem_response
 from api.settings import Settings
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["health"])
 log = logging.getLogger("api.health")
 
 # Readiness must answer fast even when a dependency hangs.
 PROBE_TIMEOUT_S = 2.0
 
 
-@router.get("/healthz", summary="The process is up")
+@router.get("/healthz", name="live", summary="The process is up (liveness)")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -64,7 +64,12 @@ def _check_broker(settings: Settings) -> str | None:
     return None  # other transports: nothing cheap to probe
 
 
-@router.get("/readyz", summary="Database and broker reachable", responses={503: {"description": "Not ready"}})
+@router.get(
+    "/readyz",
+    name="ready",
+    summary="Database and broker reachable (readiness)",
+    responses={503: {"description": "Not ready"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
     problems = [
@@ -91,6 +96,7 @@ def _token_ok(request: Request, token: str) -> bool:
 
 @router.get(
     "/metrics",
+    name="metrics",
     response_class=PlainTextResponse,
     summary="Prometheus metrics (job counts with RUC_METRICS_TOKEN)",
     responses={401: {"description": "RUC_METRICS_TOKEN is set and was not sent"}},

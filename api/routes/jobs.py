@@ -72,7 +72,13 @@ def create_job(
     return JobPublic.model_validate(sub.job)
 
 
-@router.get("", response_model=JobsPublic, responses=problem_responses(422))
+@router.get(
+    "",
+    response_model=JobsPublic,
+    responses=problem_responses(422),
+    summary="List your jobs, newest first",
+    description="Keyset pagination: pass the last id seen as `after` while `has_more` is true.",
+)
 async def list_jobs(
     owner: OwnerDep,
     session: SessionDep,
@@ -88,24 +94,45 @@ async def list_jobs(
     )
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=problem_responses(404))
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses=problem_responses(404),
+    summary="Get a job: status, stage, epoch and progress (poll this)",
+)
 async def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobPublic:
     return JobPublic.model_validate(_owned_job(session, owner, job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic, responses=problem_responses(404, 409))
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses=problem_responses(404, 409),
+    summary="Cancel a queued or running job",
+)
 def cancel_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobPublic:
     """queued: cancelled at once; running: `cancel_requested`, the worker stops within an epoch."""
     return JobPublic.model_validate(service.cancel_job(session, owner, job_id))
 
 
-@router.delete("/{job_id}", status_code=204, responses=problem_responses(404, 409))
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    responses=problem_responses(404, 409),
+    summary="Delete a job with its events, metrics and artifacts (409 while it is running)",
+)
 def delete_job(job_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> Response:
     service.delete_job(session, settings, owner, job_id)
     return Response(status_code=204)
 
 
-@router.get("/{job_id}/events", response_model=EventsPublic, responses=problem_responses(404, 422))
+@router.get(
+    "/{job_id}/events",
+    response_model=EventsPublic,
+    responses=problem_responses(404, 422),
+    summary="List a job's events (stage changes, epochs, final status) in order",
+    description="Pass the last event id seen as `after` to read only newer events.",
+)
 async def list_events(
     job_id: str,
     owner: OwnerDep,
@@ -122,7 +149,12 @@ async def list_events(
     )
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=problem_responses(404))
+@router.get(
+    "/{job_id}/metrics",
+    response_model=MetricsPublic,
+    responses=problem_responses(404),
+    summary="Get a job's per-epoch training metrics, as rows and as series by name",
+)
 async def get_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> MetricsPublic:
     _owned_job(session, owner, job_id)
     rows = crud.list_metrics(session, job_id)
@@ -146,7 +178,12 @@ async def get_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> Metr
     )
 
 
-@router.get("/{job_id}/result", response_model=ResultPublic, responses=problem_responses(404, 409))
+@router.get(
+    "/{job_id}/result",
+    response_model=ResultPublic,
+    responses=problem_responses(404, 409),
+    summary="Get a succeeded job's result (409 until it has succeeded)",
+)
 async def get_result(job_id: str, owner: OwnerDep, session: SessionDep) -> ResultPublic:
     job = _owned_job(session, owner, job_id)
     if job.status != "succeeded" or job.result is None:
@@ -156,7 +193,12 @@ async def get_result(job_id: str, owner: OwnerDep, session: SessionDep) -> Resul
     return ResultPublic(job_id=job_id, result=job.result)
 
 
-@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=problem_responses(404))
+@router.get(
+    "/{job_id}/artifacts",
+    response_model=ArtifactsPublic,
+    responses=problem_responses(404),
+    summary="List a job's artifacts with size, sha256 and download URL",
+)
 async def list_artifacts(job_id: str, owner: OwnerDep, session: SessionDep) -> ArtifactsPublic:
     _owned_job(session, owner, job_id)
     return ArtifactsPublic(
@@ -177,6 +219,7 @@ async def list_artifacts(job_id: str, owner: OwnerDep, session: SessionDep) -> A
 @router.get(
     "/{job_id}/artifacts/{name}",
     response_class=FileResponse,
+    summary="Download one artifact (compare its sha256 with the listing)",
     responses={**problem_responses(404), 200: {"content": {"application/octet-stream": {}}}},
 )
 def download_artifact(
