@@ -31,7 +31,7 @@ class ConfidenceHistogram(Block):
 
 
 class ClusteringReport(Block):
-    """Metrics of one soft clustering (base or refined) on all N images; label metrics are null without labels."""
+    """Metrics of one soft clustering (base or refined) on all N images; label metrics null without labels."""
 
     num_samples: int = Field(description="number of images evaluated (N)")
     mean_confidence: Fraction = Field(
@@ -59,7 +59,8 @@ class ClusteringReport(Block):
     )
     num_classes: int | None = Field(description="number of distinct labels; null without labels")
     many_to_one_acc: Fraction = Field(
-        description="accuracy when each cluster takes its majority class, in [0, 1]; >= acc; the figure for K > classes"
+        description="accuracy when each cluster takes its majority class, in [0, 1]; >= acc; "
+        "the figure for K > classes"
     )
     unavailable_reason: str | None = Field(
         description="why the label metrics are null (e.g. the dataset has no labels)"
