@@ -7,6 +7,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from api.client_errors import public_error
 from api.schemas.common import PublicModel
+from core.result_schema import JobResult
 from core.spec import JobSpec
 
 JOB_CREATE_EXAMPLES: dict[str, dict[str, Any]] = {
@@ -119,7 +120,9 @@ class MetricsPublic(PublicModel):
 class ResultPublic(PublicModel):
     object: Literal["job.result"] = "job.result"
     job_id: str
-    result: dict[str, Any]
+    result: JobResult = Field(
+        description="the job's result.json; every block and field is described in the JobResult schema"
+    )
 
 
 class ArtifactPublic(PublicModel):

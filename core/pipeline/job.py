@@ -27,6 +27,7 @@ from core.pipeline.result import assemble, clean_set_block
 from core.pipeline.runs import best_run
 from core.pipeline.stages import CleanSelection, base_clustering, loading, sampling
 from core.report import write_report
+from core.result_schema import validated_result
 from core.ruc import RucOutput
 from core.spec import JobSpec
 
@@ -165,7 +166,8 @@ def run_job(
     result["timings"] = dict(ctx.timings)
     # The report reads the finished result; its warnings land in ctx.notes, i.e. in result.json.
     paths.update(write_report(json_safe(result), ctx.work_dir, warn=ctx.warn)[0])
-    result = json_safe(result)
+    # One definition of the result: a key that drifted from the published schema fails here.
+    result = validated_result(json_safe(result))
     write_result(result, paths["result.json"])
     ctx.hooks.on_progress(1.0, None, None)
     return JobOutcome(result=result, artifacts=paths)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from api_support import Keys, broker_tasks, mark_ready, ready_dataset, submit, upload
 from fastapi.testclient import TestClient
@@ -10,6 +12,8 @@ from sqlalchemy import func, select, update
 from api.db.models import Artifact, Checkpoint, Job, JobEvent, JobMetric, utcnow
 from api.db.session import session_scope
 from api.settings import Settings
+
+RESULT_EXAMPLE = json.loads((Path(__file__).parent / "result_example.json").read_text())
 
 PROBLEM = "application/problem+json"
 
@@ -179,7 +183,7 @@ def _finish_with_outputs(settings: Settings, job_id: str) -> bytes:
                 status="succeeded",
                 progress=1.0,
                 epoch=2,
-                result={"refined": {"acc": 0.9}},
+                result=RESULT_EXAMPLE,
                 finished_at=utcnow(),
             )
         )
@@ -207,9 +211,8 @@ def test_result_metrics_artifacts(client: TestClient, keys: Keys, settings: Sett
     r = client.get(f"/v1/jobs/{job_id}/result", headers=keys.a)
     assert r.status_code == 409 and r.headers["content-type"] == PROBLEM
     content = _finish_with_outputs(settings, job_id)
-    assert client.get(f"/v1/jobs/{job_id}/result", headers=keys.a).json()["result"] == {
-        "refined": {"acc": 0.9}
-    }
+    result = client.get(f"/v1/jobs/{job_id}/result", headers=keys.a).json()["result"]
+    assert result["refined"] == RESULT_EXAMPLE["refined"] and result["refined"]["acc"] is not None
     m = client.get(f"/v1/jobs/{job_id}/metrics", headers=keys.a).json()
     assert m["epochs"] == [1, 2]
     assert m["series"] == {"clean_size": [10.0, None], "loss": [2.0, 1.5]}
