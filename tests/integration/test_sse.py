@@ -1,6 +1,6 @@
 """The job event stream (Server-Sent Events) against the real API + Celery workers (Postgres, Redis):
 a 3-epoch job followed live, resumed from its middle, refused to another key, kept open by heartbeats
-and followed by ``Client.wait``. A second API process runs with a 1 s heartbeat and a 6 s stream
+and followed by ``Client.wait``. A second API process runs with a 1 s heartbeat and a 2 s stream
 lifetime, so the clients here also reconnect with Last-Event-ID while the job runs."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ruc_client import ApiError, AsyncClient, Client, Job, SSEParser, StreamMess
 pytestmark = pytest.mark.service
 
 HEARTBEAT_S = 1.0
-LIFETIME_S = 6.0
+LIFETIME_S = 2.0
 EPOCHS = 3
 STAGES = ["loading", "base_clustering", "sampling", "refining", "evaluating", "saving"]
 
