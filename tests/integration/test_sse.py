@@ -56,7 +56,7 @@ def _spec(dataset_id: str, epochs: int) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def dataset_id(client: Client) -> str:
     row = client.upload_dataset(digits_npz(n=300), filename="digits.npz")
-    assert client.wait_dataset(row.id, timeout_s=90).status == "ready"
+    assert client.wait_dataset(row.id, timeout_s=180).status == "ready"
     return row.id
 
 
@@ -151,6 +151,52 @@ def test_resume_from_the_middle_sends_only_what_followed(
         assert [m.json()["epoch"] for m in resumed if m.event == "metrics"] == list(range(2, EPOCHS + 1))
     # From the last id there is nothing left to say: the stream closes at once, empty.
     assert _raw_stream(sse_api, job.id, headers={"Last-Event-ID": data[-1].id}) == []
+
+
+class CutFirstStream(httpx.HTTPTransport):
+    """The first stream connection breaks after ``cut_bytes`` (mid-message); later ones pass."""
+
+    def __init__(self, cut_bytes: int) -> None:
+        super().__init__()
+        self.cut_bytes = cut_bytes
+        self.resumed_from: list[str | None] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path.endswith("/events/stream"):
+            self.resumed_from.append(request.headers.get("last-event-id"))
+            if len(self.resumed_from) == 1:
+                response.stream = _Cut(response.stream, self.cut_bytes, request)
+        return response
+
+
+class _Cut(httpx.SyncByteStream):
+    def __init__(self, inner: Any, cut_bytes: int, request: httpx.Request) -> None:
+        self.inner, self.left, self.request = inner, cut_bytes, request
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.inner:
+            if len(chunk) >= self.left:
+                yield chunk[: self.left]
+                raise httpx.RemoteProtocolError("peer closed the connection", request=self.request)
+            self.left -= len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_client_resumes_a_dropped_stream_without_loss_or_repeats(
+    sse_api: Services, followed: tuple[Job, list[StreamMessage], list[float]]
+) -> None:
+    job = followed[0]
+    whole = _raw_stream(sse_api, job.id)
+    first = len(f"id: {whole[0].id}\nevent: {whole[0].event}\ndata: {whole[0].data}\n\n")
+    transport = CutFirstStream(len("retry: 1000\n\n") + first + 20)  # in the second message
+    with Client(sse_api.base_url, sse_api.key, transport=transport) as c:
+        got = list(c.stream_events(job.id))
+    assert transport.resumed_from == [None, whole[0].id]
+    assert got == whole and got[-1].final
 
 
 def test_another_key_gets_404_and_a_bad_cursor_422(
