@@ -96,6 +96,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Memory one job may use on a worker; a submit estimated above it is a 422 (0: no check)",
     )
+    stream_poll_seconds: float = Field(
+        default=0.5, gt=0, description="How often GET /v1/jobs/{id}/events/stream reads the database"
+    )
+    stream_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, description="Idle time after which the event stream sends a `: ping` comment"
+    )
+    stream_max_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Lifetime of one event stream; clients reconnect with Last-Event-ID to go on",
+    )
+    stream_batch: int = Field(default=100, ge=1, description="Events and metric rows read per poll, each")
 
     validation_memory_bytes: int = Field(
         default=2 * GiB,

@@ -12,6 +12,14 @@ from ruc_client.errors import (
     WaitTimeout,
 )
 from ruc_client.models import Artifact, Checkpoint, Dataset, EpochMetrics, Event, Job, Metrics, Page
+from ruc_client.sse import (
+    SSEParser,
+    StreamMessage,
+    StreamPolicy,
+    StreamUnavailable,
+    astream_job,
+    stream_job,
+)
 
 __all__ = [
     "ENV_KEY",
@@ -32,7 +40,13 @@ __all__ = [
     "Page",
     "RetryPolicy",
     "RucClientError",
+    "SSEParser",
+    "StreamMessage",
+    "StreamPolicy",
+    "StreamUnavailable",
     "WaitTimeout",
     "apoll_job",
+    "astream_job",
     "poll_job",
+    "stream_job",
 ]

@@ -25,6 +25,7 @@ from ruc_client._shared import (
 )
 from ruc_client.errors import ApiError, ConnectionFailed, WaitTimeout
 from ruc_client.models import Artifact, Checkpoint, Dataset, Event, Job
+from ruc_client.sse import StreamMessage, StreamPolicy, aiter_stream, astream_job
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -201,6 +202,12 @@ class AsyncClient:
                 return
             after = int(page.next_after) if page.next_after is not None else None
 
+    def stream_events(
+        self, job_id: str, *, last_event_id: str | None = None, policy: StreamPolicy | None = None
+    ) -> AsyncIterator[StreamMessage]:
+        """As ``Client.stream_events``: ``async for message in client.stream_events(job_id)``."""
+        return aiter_stream(self, job_id, last_event_id=last_event_id, policy=policy)
+
     async def wait(
         self,
         job_id: str,
@@ -209,7 +216,7 @@ class AsyncClient:
         progress: bool = True,
         updates: AsyncJobUpdates | None = None,
     ) -> Job:
-        source = (updates or apoll_job())(self, job_id)
+        source = (updates or astream_job())(self, job_id)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         bar = JobBar(job_id, enabled=progress)
         try:

@@ -25,6 +25,7 @@ from ruc_client._shared import (
 )
 from ruc_client.errors import ApiError, ConnectionFailed, WaitTimeout
 from ruc_client.models import Artifact, Checkpoint, Dataset, Event, Job
+from ruc_client.sse import StreamMessage, StreamPolicy, iter_stream, stream_job
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -205,6 +206,13 @@ class Client:
                 return
             after = int(page.next_after) if page.next_after is not None else None
 
+    def stream_events(
+        self, job_id: str, *, last_event_id: str | None = None, policy: StreamPolicy | None = None
+    ) -> Iterator[StreamMessage]:
+        """The job's live messages (``event``, ``metrics``, ``status``, heartbeat ``comment``) until its
+        final status; resumes after ``last_event_id`` and reconnects on its own."""
+        return iter_stream(self, job_id, last_event_id=last_event_id, policy=policy)
+
     def wait(
         self,
         job_id: str,
@@ -214,8 +222,9 @@ class Client:
         updates: JobUpdates | None = None,
     ) -> Job:
         """Follow the job until it ends (any final status; check ``job.status``), drawing a live bar
-        with stage, epoch i/N and ETA. ``updates`` is the source of job snapshots (default: polling)."""
-        source = (updates or poll_job())(self, job_id)
+        with stage, epoch i/N and ETA. ``updates`` is the source of job snapshots (default:
+        ``stream_job()``, the event stream, which falls back to ``poll_job()``)."""
+        source = (updates or stream_job())(self, job_id)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         bar = JobBar(job_id, enabled=progress)
         try:

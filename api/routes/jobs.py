@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from api.db.crud import jobs as crud
 from api.db.models import ID_PATTERN, Job
@@ -24,6 +24,7 @@ from api.schemas.jobs import (
     MetricsPublic,
     ResultPublic,
 )
+from api.services import event_stream
 from api.services import jobs as service
 from api.storage import ARTIFACT_NAME, resolve_inside
 
@@ -147,6 +148,32 @@ async def list_events(
         has_more=has_more,
         next_after=rows[-1].id if rows else after,
     )
+
+
+@router.get(
+    "/{job_id}/events/stream",
+    response_class=StreamingResponse,
+    responses={
+        **problem_responses(404, 422),
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "Server-Sent Events: `event` (an event), `metrics` (one epoch), `status` (the "
+            "job); `id` is the resume cursor; `: ping` comments while idle; closes after the final status",
+        },
+    },
+    summary="Follow a job live (Server-Sent Events)",
+)
+async def stream_events(
+    job_id: str,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    after: Annotated[str | None, Query(description="id of the last message seen (as Last-Event-ID)")] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="id of the last message seen")
+    ] = None,
+) -> StreamingResponse:
+    """Polling `GET /v1/jobs/{id}` keeps working; this pushes the same snapshots as they change."""
+    return await event_stream.open_stream(settings, owner, job_id, last_event_id or after)
 
 
 @router.get(

@@ -39,6 +39,7 @@ PINNED = {
     ("delete", "/v1/jobs/{job_id}"): "jobs_delete",
     ("post", "/v1/jobs/{job_id}/cancel"): "jobs_cancel",
     ("get", "/v1/jobs/{job_id}/events"): "jobs_list_events",
+    ("get", "/v1/jobs/{job_id}/events/stream"): "jobs_stream_events",
     ("get", "/v1/jobs/{job_id}/metrics"): "jobs_get_metrics",
     ("get", "/v1/jobs/{job_id}/result"): "jobs_get_result",
     ("get", "/v1/jobs/{job_id}/artifacts"): "jobs_list_artifacts",

@@ -292,7 +292,8 @@ def test_a_failing_receiver_is_retried_with_backoff_and_an_invalid_spec_still_ca
         enqueue(env_settings, RUN_JOB, [job_id], queue=GPU_QUEUE)
         wait_for(lambda: len(server.requests) >= 3, 90, 0.2, "three callback attempts")
         row = client.get(f"/v1/jobs/{job_id}").json()
-        assert row["status"] == "failed" and row["error"].startswith("invalid spec")
+        assert row["status"] == "failed" and row.get("error_code") == "invalid_spec", row
+        assert row["error"].startswith("the job spec is not valid: num_clusters"), row
         times = [t for t, _, _ in server.requests]
         gaps = [round(b - a, 2) for a, b in zip(times, times[1:], strict=False)]
         print(f"callback attempts answered 500, 503, 200; gaps {gaps} s (backoff 0.5 s doubling)")

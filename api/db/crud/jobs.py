@@ -150,6 +150,15 @@ def list_metrics(session: Session, job_id: str) -> Sequence[JobMetric]:
     ).all()
 
 
+def list_metrics_after(
+    session: Session, job_id: str, *, after: int | None, limit: int
+) -> tuple[Sequence[JobMetric], bool]:
+    """Epoch rows in write order after row id ``after`` (a re-run epoch is a new row, so it comes again)."""
+    return page_asc(
+        session, select(JobMetric).where(JobMetric.job_id == job_id), JobMetric.id, after=after, limit=limit
+    )
+
+
 def list_artifacts(session: Session, job_id: str) -> Sequence[Artifact]:
     return session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)).all()
 
