@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Wall time of one attempt of a job; the worker fails it past this (0: no limit)",
     )
+    retention_days: float = Field(
+        default=30,
+        ge=0,
+        description="Failed and cancelled jobs' files and invalid uploads' files older than this are "
+        "removed by the worker's sweep and `ruc-service gc` (0: keep forever)",
+    )
     worker_memory_bytes: int = Field(
         default=24 * GiB,
         ge=0,

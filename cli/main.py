@@ -7,9 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cli.commands import api, datasets, demo, jobs, keys, migrate, up, worker
+from cli.commands import api, datasets, demo, gc, jobs, keys, migrate, up, worker
 
-COMMANDS = (api, worker, migrate, keys, up, demo, datasets, jobs)
+COMMANDS = (api, worker, migrate, keys, up, demo, datasets, jobs, gc)
 
 
 def build_parser() -> argparse.ArgumentParser:

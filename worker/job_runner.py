@@ -27,7 +27,7 @@ from core.errors import CoreInputError, StopRequested, TrainingDiverged
 from core.spec import JobSpec
 from worker import artifacts
 from worker.leases import LeaseKeeper, worker_identity
-from worker.progress import DbHooks, jsonable
+from worker.progress import DbHooks, jsonable, store_outcome
 from worker.task_names import TASK_DELIVER_WEBHOOK, TASK_QUEUES
 from worker.webhooks import callback_url_of
 
@@ -107,20 +107,10 @@ def run_job_delivery(
         with LeaseKeeper(lease, settings) as keeper:
             outcome = _execute(job, spec, DbHooks(spec, keeper), keeper, settings, device)
     status, error, result, staged = outcome
-    finished = False
-    if status != "lease_lost":
-        with session_scope() as s:
-            finished = job_runs.finish_job(
-                s,
-                lease,
-                status=status,
-                result=result,
-                error=error,
-                artifacts=staged,  # type: ignore[arg-type]
-            )
-            if finished:
-                level = "info" if status == "succeeded" else ("warning" if status == "cancelled" else "error")
-                job_runs.add_event(s, job_id, level, f"job {status}" + (f": {error}" if error else ""))
+    # Files are removed below only after this commit: a crash before it leaves everything to resume from.
+    finished = status != "lease_lost" and store_outcome(
+        lease, status=status, error=error, result=result, artifacts=staged
+    )
     if not finished:
         log.warning(
             "job %s: lease lost before the outcome (%s) could be stored; nothing written", job_id, status

@@ -1,7 +1,9 @@
 """The run's hooks: stage, progress, per-epoch metrics and events written to the job row.
 
 Every write names the run's lease; a refused write marks the lease lost, and ``should_stop`` then
-stops core at its next check, so a worker that lost its job stops writing at once.
+stops core at its next check, so a worker that lost its job stops writing at once. A database error
+in one of these writes is retried briefly, then the write is dropped (``worker.db_retry``): telemetry
+never fails a run. The outcome (``store_outcome``) retries longer and is never dropped.
 """
 
 from __future__ import annotations
@@ -9,14 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from api.client_errors import TimeLimitExceeded
 from api.db.crud import job_runs
+from api.db.crud.job_runs import Lease
 from api.db.session import session_scope
 from core.hooks import RunHooks
 from core.spec import JobSpec
+from worker.db_retry import OUTCOME_RETRY_DELAYS, with_db_retry, write_telemetry
 from worker.leases import LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -80,15 +87,29 @@ class DbHooks:
             should_stop=self.should_stop,
         )
 
+    def _write(self, what: str, write: Callable[[Session], bool]) -> None:
+        """Run ``write`` in its own transaction (retried on database errors); note a refusal."""
+
+        def transaction() -> bool:
+            with session_scope() as s:
+                return write(s)
+
+        written = write_telemetry(transaction, what=f"job {self.lease.job_id}: {what}")
+        if written is not None:  # None: dropped after a database error; the lease is not in doubt
+            self.keeper.holds(written)
+
     def on_stage(self, stage: str) -> None:
         if stage == self.stage or self.keeper.lost.is_set():
             return
         self.stage = stage
-        with session_scope() as s:
-            written = job_runs.update_progress(
-                s, self.lease, stage=stage, progress=overall_progress(self.weights, stage, 0.0)
-            ) and job_runs.add_run_event(s, self.lease, "info", f"stage {stage}")
-        self.keeper.holds(written)
+        progress = overall_progress(self.weights, stage, 0.0)
+        self._write(
+            f"stage {stage}",
+            lambda s: (
+                job_runs.update_progress(s, self.lease, stage=stage, progress=progress)
+                and job_runs.add_run_event(s, self.lease, "info", f"stage {stage}")
+            ),
+        )
         self._last_progress_write = time.monotonic()
 
     def on_progress(self, fraction: float, epoch: int | None, total_epochs: int | None) -> None:
@@ -101,14 +122,12 @@ class DbHooks:
             return
         # ``epoch`` here is the epoch in progress; the row's ``epoch`` is the last *finished* one,
         # written by on_epoch. total_epochs describes RUC training only (the API shows "epoch i/N").
-        with session_scope() as s:
-            written = job_runs.update_progress(
-                s,
-                self.lease,
-                progress=overall_progress(self.weights, self.stage, fraction),
-                total_epochs=total_epochs if refining else None,
-            )
-        self.keeper.holds(written)
+        progress = overall_progress(self.weights, self.stage, fraction)
+        total = total_epochs if refining else None
+        self._write(
+            "progress",
+            lambda s: job_runs.update_progress(s, self.lease, progress=progress, total_epochs=total),
+        )
         self._last_progress_write = now
         if refining and total_epochs is not None:
             self._total_written = total_epochs
@@ -117,20 +136,22 @@ class DbHooks:
         if self.keeper.lost.is_set():
             return
         epoch = int(metrics["epoch"])
-        with session_scope() as s:
-            written = job_runs.put_epoch_metrics(
-                s, self.lease, epoch, jsonable(metrics)
-            ) and job_runs.update_progress(s, self.lease, epoch=epoch)
+        row = jsonable(metrics)
+
+        def write(s: Session) -> bool:
+            written = job_runs.put_epoch_metrics(s, self.lease, epoch, row) and job_runs.update_progress(
+                s, self.lease, epoch=epoch
+            )
             if not written:
                 s.rollback()  # the metrics row must not outlive a refused progress write
-        self.keeper.holds(written)
+            return written
+
+        self._write(f"epoch {epoch} metrics", write)
 
     def on_event(self, level: str, message: str) -> None:
         if self.keeper.lost.is_set():
             return
-        with session_scope() as s:
-            written = job_runs.add_run_event(s, self.lease, level, message)
-        self.keeper.holds(written)
+        self._write("event", lambda s: job_runs.add_run_event(s, self.lease, level, message))
 
     def should_stop(self) -> bool:
         if self.keeper.lost.is_set():
@@ -147,6 +168,46 @@ class DbHooks:
         except Exception:  # a DB blip must not kill a run; the next poll retries
             log.exception("cancel check of job %s failed", self.lease.job_id)
         return self.cancelled
+
+
+def store_outcome(
+    lease: Lease,
+    *,
+    status: str,
+    error: str | None,
+    result: dict[str, Any] | None,
+    artifacts: list[dict[str, Any]],
+) -> bool:
+    """Commit the outcome and artifact rows (``finish_job``) plus its event; False: the lease was lost.
+
+    Retried on database errors for ~15 s, then the error propagates (the job is re-run from its
+    checkpoint once its lease lapses). A try whose commit reached the database although its answer
+    was lost is recognised on the next try: same attempt, already ended with this status.
+    """
+    level = "info" if status == "succeeded" else ("warning" if status == "cancelled" else "error")
+    tries = 0
+
+    def transaction() -> bool:
+        nonlocal tries
+        tries += 1
+        with session_scope() as s:
+            if tries > 1:
+                job = job_runs.get_job(s, lease.job_id)
+                if job is not None and job.attempts == lease.attempt and job.status == status:
+                    return True
+            finished = job_runs.finish_job(
+                s,
+                lease,
+                status=status,  # type: ignore[arg-type]
+                result=result,
+                error=error,
+                artifacts=artifacts,
+            )
+            if finished:
+                job_runs.add_event(s, lease.job_id, level, f"job {status}" + (f": {error}" if error else ""))
+            return finished
+
+    return with_db_retry(transaction, delays=OUTCOME_RETRY_DELAYS, what=f"job {lease.job_id}: outcome")
 
 
 def jsonable(value: Any) -> Any:

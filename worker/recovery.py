@@ -10,13 +10,15 @@ a queued job or a validating upload is sent again once nobody has taken it for `
 The sweep never clears a lease and never commits before the broker took the message: the mark is
 committed only after ``send_task`` returned, so a broker that is down leaves the row as it was and the
 next sweep tries again. Duplicates are harmless: the job's lease claim, and the upload's
-``validating`` check, let only one delivery do the work.
+``validating`` check, let only one delivery do the work. The same thread runs the retention
+(``worker.gc``) at most every ``GC_INTERVAL_SECONDS``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from celery import Celery
@@ -27,9 +29,12 @@ from api.db.crud import requeue
 from api.db.models import Checkpoint, Dataset
 from api.db.session import session_scope
 from api.settings import Settings, get_settings
+from worker.gc import collect_garbage
 from worker.task_names import TASK_QUEUES, TASK_RUN_JOB, TASK_VALIDATE_CHECKPOINT, TASK_VALIDATE_DATASET
 
 log = logging.getLogger(__name__)
+
+GC_INTERVAL_SECONDS = 3600.0
 
 _UPLOAD_TASKS: tuple[tuple[type[Dataset] | type[Checkpoint], str], ...] = (
     (Dataset, TASK_VALIDATE_DATASET),
@@ -77,6 +82,7 @@ class Sweeper:
         self.interval = max(1.0, settings.lease_seconds / 2)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="ruc-recovery", daemon=True)
+        self._next_gc = 0.0  # monotonic time of the next retention pass: the first sweep runs one
 
     def start(self) -> None:
         self._thread.start()
@@ -90,8 +96,21 @@ class Sweeper:
                 sweep(self.app, self.settings)
             except Exception:  # the DB or broker is down: nothing was marked; try again next round
                 log.exception("recovery sweep failed")
+            self._collect_garbage()
             if self._stop.wait(self.interval):
                 return
+
+    def _collect_garbage(self) -> None:
+        if self.settings.retention_days <= 0 or time.monotonic() < self._next_gc:
+            return
+        self._next_gc = time.monotonic() + GC_INTERVAL_SECONDS
+        try:
+            removed = collect_garbage(self.settings)
+        except Exception:  # the DB is down: the next interval tries again
+            log.exception("retention pass failed")
+            return
+        if removed:
+            log.info("retention: removed %d folders, %d bytes", len(removed), sum(r.bytes for r in removed))
 
 
 _sweeper: Sweeper | None = None

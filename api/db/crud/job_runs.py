@@ -14,13 +14,13 @@ Postgres (row lock, re-check of the WHERE clause after a concurrent update) and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from api.db.models import FINISHED_STATUSES, Artifact, Checkpoint, Dataset, Job, JobEvent, JobMetric, utcnow
+from api.db.clock import db_now
+from api.db.models import FINISHED_STATUSES, Artifact, Checkpoint, Dataset, Job, JobEvent, JobMetric
 
 ClaimOutcome = Literal["claimed", "lease_alive", "finished", "cancelled", "missing", "exhausted"]
 RUNNABLE_STATUSES = ("queued", "running")
@@ -58,31 +58,30 @@ def get_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def claim_job(
-    session: Session, job_id: str, *, owner: str, lease_seconds: float, now: datetime | None = None
-) -> Claim:
+def claim_job(session: Session, job_id: str, *, owner: str, lease_seconds: float) -> Claim:
     """Take the lease of ``job_id`` for ``owner`` if nobody holds a live one; count the attempt.
 
     A claim succeeds only for a queued/running job whose lease is absent or expired and that has no
     pending cancel. A claim past ``max_attempts`` marks the job failed ("worker lost N times"): a job
-    that kills its worker every time (a poison job) ends instead of looping.
+    that kills its worker every time (a poison job) ends instead of looping. Expiry is read and
+    written on the database's clock (``db_now``), never this worker's.
     """
-    now = now or utcnow()
     result = session.execute(
         update(Job)
         .where(
             Job.id == job_id,
             Job.status.in_(RUNNABLE_STATUSES),
-            or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+            _lease_lapsed(),
             Job.cancel_requested.is_(False),
         )
         .values(
             status="running",
             lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            heartbeat_at=now,
+            lease_expires_at=db_now(lease_seconds),
+            heartbeat_at=db_now(),
             attempts=Job.attempts + 1,
-            updated_at=now,
+            updated_at=db_now(),
+            started_at=func.coalesce(Job.started_at, db_now()),
         )
         .execution_options(synchronize_session=False)
     )
@@ -92,16 +91,14 @@ def claim_job(
     if result.rowcount != 1:
         if job.status in FINISHED_STATUSES:
             return Claim("finished", job, f"job is already {job.status}")
-        if job.cancel_requested and _finish_unowned_cancel(session, job_id, now):
+        if job.cancel_requested and _finish_unowned_cancel(session, job_id):
             return Claim("cancelled", get_job(session, job_id), "cancel requested while nobody ran the job")
         return Claim("lease_alive", job, f"lease held by {job.lease_owner} until {job.lease_expires_at}")
-    if job.started_at is None:
-        job.started_at = now
     if job.attempts > job.max_attempts:
         lost = job.attempts - 1
         job.status = "failed"
         job.error = f"worker lost {lost} times (max_attempts={job.max_attempts})"
-        job.finished_at = now
+        job.finished_at = job.heartbeat_at  # the database's time of this claim
         job.lease_owner = None
         job.lease_expires_at = None
         add_event(session, job_id, "error", job.error)
@@ -111,7 +108,12 @@ def claim_job(
     return Claim("claimed", job)
 
 
-def _finish_unowned_cancel(session: Session, job_id: str, now: datetime) -> bool:
+def _lease_lapsed() -> Any:
+    """Nobody holds the lease: none was taken, or it expired by the database's clock."""
+    return or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < db_now())
+
+
+def _finish_unowned_cancel(session: Session, job_id: str) -> bool:
     """A cancel requested while nobody runs the job (queued, or its worker's lease lapsed) ends it here."""
     result = session.execute(
         update(Job)
@@ -119,9 +121,15 @@ def _finish_unowned_cancel(session: Session, job_id: str, now: datetime) -> bool
             Job.id == job_id,
             Job.status.in_(RUNNABLE_STATUSES),
             Job.cancel_requested.is_(True),
-            or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+            _lease_lapsed(),
         )
-        .values(status="cancelled", finished_at=now, lease_owner=None, lease_expires_at=None, updated_at=now)
+        .values(
+            status="cancelled",
+            finished_at=db_now(),
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=db_now(),
+        )
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
@@ -158,11 +166,10 @@ def _guard(session: Session, lease: Lease) -> bool:
 
 def renew_lease(session: Session, lease: Lease, *, lease_seconds: float) -> bool:
     """Heartbeat: push ``lease_expires_at`` forward. False means the lease is gone (stop working)."""
-    now = utcnow()
     result = session.execute(
         update(Job)
         .where(_owned(lease))
-        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .values(heartbeat_at=db_now(), lease_expires_at=db_now(lease_seconds))
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
@@ -275,11 +282,10 @@ def finish_job(
 
     False (nothing written, no artifact published) if the lease was lost meanwhile.
     """
-    now = utcnow()
     values: dict[str, Any] = {
         "status": status,
-        "finished_at": now,
-        "updated_at": now,
+        "finished_at": db_now(),
+        "updated_at": db_now(),
         "lease_owner": None,
         "lease_expires_at": None,
         "error": error,

@@ -7,18 +7,15 @@ Duplicate messages are harmless: a job's claim and an upload's ``validating`` ch
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from api.db.clock import db_now
 from api.db.crud.job_runs import RUNNABLE_STATUSES, add_event, get_job
-from api.db.models import Checkpoint, Dataset, Job, utcnow
+from api.db.models import Checkpoint, Dataset, Job
 
 
-def orphaned_job_ids(
-    session: Session, *, requeue_seconds: float, now: datetime | None = None, limit: int = 100
-) -> list[str]:
+def orphaned_job_ids(session: Session, *, requeue_seconds: float, limit: int = 100) -> list[str]:
     """Jobs that may have no message in the broker and no live worker: send them again.
 
     * ``running`` with an expired lease (its worker died): at once, the first time after expiry;
@@ -27,10 +24,9 @@ def orphaned_job_ids(
 
     ``updated_at`` marks the last (re-)enqueue (``mark_requeued``), so a row is sent again at most
     every ``requeue_seconds``: a job that merely waits its turn gets a rare duplicate, which its
-    claim drops.
+    claim drops. Every time is the database's (``db_now``), never the sweeping worker's.
     """
-    now = now or utcnow()
-    stale = now - timedelta(seconds=requeue_seconds)
+    now, stale = db_now(), db_now(-requeue_seconds)
     expired = and_(
         Job.status == "running",
         Job.lease_expires_at.is_not(None),
@@ -44,16 +40,13 @@ def orphaned_job_ids(
     )
 
 
-def mark_requeued(
-    session: Session, job_id: str, *, requeue_seconds: float, now: datetime | None = None
-) -> bool:
+def mark_requeued(session: Session, job_id: str, *, requeue_seconds: float) -> bool:
     """Take the re-enqueue of ``job_id`` (one sweeper wins; the row stays locked until commit).
 
     The caller sends the message *before* committing: if the broker refuses it, the rollback leaves
     the row as it was and the next sweep tries again.
     """
-    now = now or utcnow()
-    stale = now - timedelta(seconds=requeue_seconds)
+    now, stale = db_now(), db_now(-requeue_seconds)
     res = session.execute(
         update(Job)
         .where(
@@ -84,7 +77,7 @@ def orphaned_upload_ids(
     session: Session, model: type[Dataset] | type[Checkpoint], *, requeue_seconds: float, limit: int = 100
 ) -> list[str]:
     """Uploads still ``validating`` whose last (re-)enqueue is older than ``requeue_seconds``."""
-    stale = utcnow() - timedelta(seconds=requeue_seconds)
+    stale = db_now(-requeue_seconds)
     return list(
         session.scalars(
             select(model.id)
@@ -99,15 +92,14 @@ def mark_upload_requeued(
     session: Session, model: type[Dataset] | type[Checkpoint], upload_id: str, *, requeue_seconds: float
 ) -> bool:
     """Take the re-enqueue of a validating upload (same protocol as ``mark_requeued``)."""
-    now = utcnow()
     res = session.execute(
         update(model)
         .where(
             model.id == upload_id,
             model.status == "validating",
-            model.updated_at < now - timedelta(seconds=requeue_seconds),
+            model.updated_at < db_now(-requeue_seconds),
         )
-        .values(updated_at=now)
+        .values(updated_at=db_now())
         .execution_options(synchronize_session=False)
     )
     return res.rowcount == 1
