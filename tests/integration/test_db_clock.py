@@ -74,15 +74,15 @@ def _seconds_left(pg_url: str, row_id: str) -> float:
     return (expires - now).total_seconds()
 
 
-@pytest.mark.skipif(
-    shutil.which("faketime") is None, reason="needs the faketime binary (apt install faketime)"
-)
 @pytest.mark.parametrize("offset", [f"+{SKEW_SECONDS}s", f"-{SKEW_SECONDS}s"])
 def test_a_worker_with_a_skewed_clock_keeps_to_the_database_clock(
     pg_url: str,
     job_id: str,  # noqa: F811
     offset: str,
 ) -> None:
+    assert shutil.which("faketime"), (
+        "needs the faketime binary: .ci/run installs it (apt-get install faketime)"
+    )
     with session_scope(pg_url) as s:
         lease = job_runs.claim_job(s, job_id, owner="w1", lease_seconds=LEASE_SECONDS).lease
     out = _run_skewed(pg_url, lease, offset)
