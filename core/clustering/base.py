@@ -53,6 +53,7 @@ from core.clustering.pretext import train_simclr
 from core.errors import CoreInputError
 from core.hooks import RunHooks
 from core.models import ClusteringModel
+from core.models.inference import predict_softmax
 from core.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -123,13 +124,7 @@ def predict_probs(
     model: nn.Module, images01: torch.Tensor, *, batch_size: int = INFER_BATCH_SIZE
 ) -> torch.Tensor:
     """Softmax (N, K) float32 of ``model`` in eval mode on unaugmented images (N, C, H, W) in [0, 1]."""
-    was_training = model.training
-    model.eval()
-    try:
-        logits = embed_images(model, images01, batch_size=batch_size)
-    finally:
-        model.train(was_training)
-    return torch.softmax(logits, dim=1)
+    return predict_softmax(model, images01, batch_size=batch_size)
 
 
 def pca_features(images01: torch.Tensor, dim: int) -> tuple[torch.Tensor, dict[str, Any]]:

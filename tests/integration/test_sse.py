@@ -98,10 +98,15 @@ def test_stream_delivers_every_epoch_stage_and_final_status(
     assert events == sorted(set(events)) and len(events) >= 3
     # The job ran longer than one stream lifetime: the stream was resumed at least once.
     assert job.finished_at is not None and (job.finished_at - job.created_at).total_seconds() > LIFETIME_S
-    # While nothing happened the server sent pings: no silence much longer than the heartbeat.
-    assert any(m.event == "comment" and m.data == "ping" for m in messages)
+    # While nothing happened the server sent pings: no silence much longer than the heartbeat, and
+    # wherever data paused for longer than the heartbeat a ping filled the pause. (On a fast machine
+    # data may never pause that long; then no ping is due.)
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     assert max(gaps) < HEARTBEAT_S + 2.0, max(gaps)
+    data_times = [t for m, t in zip(messages, arrivals[1:], strict=True) if m.event != "comment"]
+    data_pauses = [b - a for a, b in zip(data_times, data_times[1:], strict=False)]
+    if max(data_pauses, default=0.0) > 1.5 * HEARTBEAT_S:
+        assert any(m.event == "comment" and m.data == "ping" for m in messages)
 
 
 def _same(a: Job, b: Job) -> bool:
