@@ -53,7 +53,9 @@ def _dead_workers_job(pg_url: str) -> str:
             update(Job)
             .where(Job.id == job_id)
             .values(
-                lease_expires_at=utcnow() - timedelta(seconds=1), updated_at=utcnow() - timedelta(seconds=6)
+                # well past any grace the sweep applies, whichever clock (worker or database) it reads
+                lease_expires_at=utcnow() - timedelta(seconds=30),
+                updated_at=utcnow() - timedelta(seconds=120),
             )
         )
     return job_id
