@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from integration_support import (
@@ -19,9 +20,9 @@ from integration_support import (
 )
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """SQLAlchemy URL of a new, migrated database; dropped at the end of the session."""
+@contextmanager
+def _fresh_database() -> Iterator[str]:
+    """SQLAlchemy URL of a new, migrated database, dropped on exit."""
     if not _pg_available():
         pytest.fail(f"Postgres not reachable at {PG_ADMIN_URL} (run .ci/run, which starts it)")
     import psycopg
@@ -34,12 +35,28 @@ def pg_url() -> Iterator[str]:
     from api.db.migrate import upgrade_head
 
     upgrade_head(url)
-    yield url
-    from api.db.session import dispose_engines
+    try:
+        yield url
+    finally:
+        from api.db.session import dispose_engines
 
-    dispose_engines()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        dispose_engines()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """The session's database, shared with the ``services`` workers (whose sweepers act on it)."""
+    with _fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def private_pg_url() -> Iterator[str]:
+    """A database of the module's own: no live worker's sweeper can take its rows."""
+    with _fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,12 @@ pytestmark = pytest.mark.service
 STAGES = ("loading", "base_clustering", "sampling", "refining", "evaluating", "saving")
 
 
+@pytest.fixture(scope="module")
+def pg_url(private_pg_url: str) -> str:
+    """This module's own database: the suite's live workers sweep the shared one and would take its jobs."""
+    return private_pg_url
+
+
 @pytest.fixture()
 def pg_settings(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     monkeypatch.setenv("RUC_DATABASE_URL", pg_url)

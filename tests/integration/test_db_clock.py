@@ -43,6 +43,12 @@ print(json.dumps({"python_now": datetime.now(UTC).isoformat(), "orphaned": orpha
 """
 
 
+@pytest.fixture(scope="module")
+def pg_url(private_pg_url: str) -> str:
+    """This module's own database: the suite's live workers sweep the shared one and would take its jobs."""
+    return private_pg_url
+
+
 def _run_skewed(pg_url: str, lease: job_runs.Lease, offset: str) -> dict[str, object]:
     env = {**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
     proc = subprocess.run(

@@ -14,6 +14,12 @@ from api.db.session import session_scope
 pytestmark = pytest.mark.service
 
 
+@pytest.fixture(scope="module")
+def pg_url(private_pg_url: str) -> str:
+    """This module's own database: the suite's live workers sweep the shared one and would take its jobs."""
+    return private_pg_url
+
+
 @pytest.fixture()
 def job_id(pg_url: str) -> str:
     with session_scope(pg_url) as s:

@@ -23,9 +23,9 @@ pytestmark = pytest.mark.service
 
 
 @pytest.fixture()
-def pg_settings(pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
+def pg_settings(private_pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
     """Settings of this process pointing at the session's Postgres (the sweep opens sessions itself)."""
-    monkeypatch.setenv("RUC_DATABASE_URL", pg_url)
+    monkeypatch.setenv("RUC_DATABASE_URL", private_pg_url)
     monkeypatch.setenv("RUC_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("RUC_LEASE_SECONDS", "5")
     get_settings.cache_clear()
@@ -109,12 +109,14 @@ class _Redis:
 
 
 def test_a_sweep_while_the_broker_is_down_loses_nothing(
-    pg_url: str, pg_settings: Settings, tmp_path: Path
+    private_pg_url: str, pg_settings: Settings, tmp_path: Path
 ) -> None:
     from celery import Celery
 
     from worker.recovery import sweep
 
+    # A private database: the suite's live workers sweep the shared one and would take this job first.
+    pg_url = private_pg_url
     job_id = _dead_workers_job(pg_url)
     broker = _Redis(tmp_path)
     app = Celery("sweep-test", broker=broker.url, set_as_current=False)
