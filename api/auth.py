@@ -11,9 +11,9 @@ import time
 
 from starlette.concurrency import run_in_threadpool
 
-from api.db.crud.api_keys import hash_key, owner_for_hash
-from api.db.session import get_sessionmaker
 from api.problems import ProblemError
+from service.db.crud.api_keys import hash_key, owner_for_hash
+from service.db.session import get_sessionmaker
 
 # Bounded so a flood of random keys cannot grow memory; clearing all is cheap and rare.
 _CACHE_MAX_ENTRIES = 10_000

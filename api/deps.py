@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import authenticate
-from api.db.session import get_sessionmaker
 from api.guard import OWNER_STATE_KEY
-from api.settings import Settings, get_settings
+from service.db.session import get_sessionmaker
+from service.settings import Settings, get_settings
 
 
 async def _settings(request: Request) -> Settings:

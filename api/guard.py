@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import authenticate
 from api.problems import ProblemError, problem_response
-from api.settings import Settings
+from service.settings import Settings
 
 log = logging.getLogger("api.guard")
 

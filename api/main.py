@@ -11,7 +11,7 @@ from api.guard import RequestGuard
 from api.observability import MetricsMiddleware, RequestMetrics
 from api.problems import install_problem_handlers
 from api.routes import include_routers
-from api.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 
 DESCRIPTION = """Refines image clusterings with RUC (Park et al., CVPR 2021).
 

@@ -1,6 +1,7 @@
 """Enqueue worker tasks by name through a broker-only Celery client.
 
-The API never imports worker/ (which imports torch): tasks are addressed by their dotted names and
+The API never imports worker/ (which imports torch): tasks are addressed by their names
+(``service.task_names``) and
 carry ids only. Call ``enqueue`` only after the row the id names is committed.
 """
 
@@ -13,15 +14,11 @@ from typing import Any
 
 from celery import Celery
 
-from api.settings import Settings
+from service.settings import Settings
+from service.task_names import TASK_QUEUES
 
 log = logging.getLogger("api.queue")
 
-VALIDATE_DATASET = "uploads.validate_dataset"
-VALIDATE_CHECKPOINT = "uploads.validate_checkpoint"
-RUN_JOB = "jobs.run"
-CPU_QUEUE = "cpu"
-GPU_QUEUE = "gpu"
 
 # A request must not hang on a dead broker: two quick retries, then the caller answers 503.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.2, "interval_max": 0.5}
@@ -48,8 +45,9 @@ def celery_client(settings: Settings) -> Celery:
     return _client(settings.broker_url, json.dumps(settings.broker_transport_options(), sort_keys=True))
 
 
-def enqueue(settings: Settings, task_name: str, args: list[Any], *, queue: str) -> None:
-    """Publish ``task_name(*args)`` to ``queue``; raises EnqueueError when the broker is unreachable."""
+def enqueue(settings: Settings, task_name: str, args: list[Any]) -> None:
+    """Publish ``task_name(*args)`` to its queue; raises EnqueueError when the broker is unreachable."""
+    queue = TASK_QUEUES[task_name]
     try:
         celery_client(settings).send_task(
             task_name, args=args, queue=queue, retry=True, retry_policy=PUBLISH_RETRY_POLICY

@@ -1,7 +1,7 @@
 """Per-API-key quotas (``RUC_QUOTA_*``), checked before a job is queued or an upload is read.
 
 Over a quota is a 429 problem whose detail names the limit, with ``Retry-After``. Usage comes from the
-tables (``api/db/crud/quotas.py``), so requests in flight at the same moment can overshoot a quota by
+tables (``service/db/crud/quotas.py``), so requests in flight at the same moment can overshoot a quota by
 at most their own number; the quotas bound a tenant's share, they are not billing.
 """
 
@@ -12,10 +12,10 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from api.db.crud import quotas as crud
-from api.db.models import utcnow
 from api.problems import ProblemError
-from api.settings import Settings
+from service.db.crud import quotas as crud
+from service.db.models import utcnow
+from service.settings import Settings
 
 UPLOAD_WINDOW = timedelta(hours=1)
 # A slot frees when one of the key's jobs ends; a poll interval later is a fair first retry.

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
 from api.problems import FieldProblem, ProblemError, field_error
-from api.storage import matched_suffix, remove_dir, sanitize_filename
+from service.storage import matched_suffix, remove_dir, sanitize_filename
 
 # Multipart framing and small extra fields on top of the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024

@@ -166,10 +166,10 @@ def main() -> int:
     )
     api: subprocess.Popen[bytes] | None = None
     try:
-        from api.db.crud import api_keys
-        from api.db.migrate import upgrade_head
-        from api.db.models import Dataset, new_id
-        from api.db.session import dispose_engines, session_scope
+        from service.db.crud import api_keys
+        from service.db.migrate import upgrade_head
+        from service.db.models import Dataset, new_id
+        from service.db.session import dispose_engines, session_scope
 
         upgrade_head(db_url)
         with session_scope(db_url) as s:

@@ -77,7 +77,7 @@ class EmbeddedStack:
 
     def apply_env(self) -> None:
         """Make this process's Settings agree with the children's (same data dir and URLs)."""
-        from api.settings import get_settings
+        from service.settings import get_settings
 
         for key, value in self.child_env().items():
             if key.startswith("RUC_"):
@@ -88,8 +88,8 @@ class EmbeddedStack:
         # Alembic logs a line per plugin (at import) and per revision at INFO; `up` and `demo` print
         # their own status, so quieten it before the import.
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        from api.db.migrate import upgrade_head
-        from api.settings import get_settings
+        from service.db.migrate import upgrade_head
+        from service.settings import get_settings
 
         settings = get_settings()
         settings.ensure_dirs()

@@ -1,1 +1,1 @@
-"""Alembic migrations; shipped as a package so ``api.db.migrate`` finds them from any working directory."""
+"""Alembic migrations, shipped as a package so ``service.db.migrate`` finds them from any directory."""

@@ -1,4 +1,4 @@
-"""Alembic environment: URL from api.settings (or the caller's config), metadata from api.db.models."""
+"""Alembic environment: URL from service.settings (or the caller's config), metadata from service.db.models"""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from api.db.models import Base
-from api.db.session import make_engine
-from api.settings import get_settings
+from service.db.models import Base
+from service.db.session import make_engine
+from service.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

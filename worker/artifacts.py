@@ -23,8 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from api.db.crud.job_runs import Lease
-from api.settings import Settings
+from service.db.crud.job_runs import Lease
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""The Celery application, configured from ``api.settings.Settings``.
+"""The Celery application, configured from ``service.settings.Settings``.
 
 Delivery guarantees come from the database, not the broker: a job row carries a
-lease (see ``api.db.crud.job_runs.claim_job``), so a duplicate or late delivery
+lease (see ``service.db.crud.job_runs.claim_job``), so a duplicate or late delivery
 is harmless (dropped), and a lost one is re-enqueued by ``worker.recovery``.
 The broker settings below only make losses rare:
 
@@ -24,9 +24,8 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from api.settings import Settings, get_settings
-from worker.recovery import install as install_recovery
-from worker.task_names import (
+from service.settings import Settings, get_settings
+from service.task_names import (
     CPU_QUEUE,
     GPU_QUEUE,
     TASK_QUEUES,
@@ -34,6 +33,7 @@ from worker.task_names import (
     TASK_VALIDATE_CHECKPOINT,
     TASK_VALIDATE_DATASET,
 )
+from worker.recovery import install as install_recovery
 
 __all__ = [
     "CPU_QUEUE",

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from sqlalchemy import and_, select
 
-from api.db.clock import db_now
-from api.db.models import Artifact, Checkpoint, Dataset, Job
-from api.db.session import session_scope
-from api.settings import Settings
-from api.storage import resolve_inside
+from service.db.clock import db_now
+from service.db.models import Artifact, Checkpoint, Dataset, Job
+from service.db.session import session_scope
+from service.settings import Settings
+from service.storage import resolve_inside
 from worker.artifacts import LEGACY_WORK
 
 log = logging.getLogger(__name__)

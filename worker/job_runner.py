@@ -17,18 +17,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from api.client_errors import stored_error
-from api.db.crud import job_runs
-from api.db.crud.job_runs import Lease
-from api.db.models import Job, new_id
-from api.db.session import session_scope
-from api.settings import Settings, get_settings
 from core.errors import CoreInputError, StopRequested, TrainingDiverged
 from core.spec import JobSpec
+from service.client_errors import stored_error
+from service.db.crud import job_runs
+from service.db.crud.job_runs import Lease
+from service.db.models import Job, new_id
+from service.db.session import session_scope
+from service.settings import Settings, get_settings
+from service.task_names import TASK_DELIVER_WEBHOOK, TASK_QUEUES
 from worker import artifacts
 from worker.leases import LeaseKeeper, worker_identity
 from worker.progress import DbHooks, jsonable, store_outcome
-from worker.task_names import TASK_DELIVER_WEBHOOK, TASK_QUEUES
 from worker.webhooks import callback_url_of
 
 log = logging.getLogger(__name__)

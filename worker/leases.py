@@ -8,10 +8,10 @@ import socket
 import threading
 import uuid
 
-from api.db.crud import job_runs
-from api.db.crud.job_runs import Lease
-from api.db.session import session_scope
-from api.settings import Settings
+from service.db.crud import job_runs
+from service.db.crud.job_runs import Lease
+from service.db.session import session_scope
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

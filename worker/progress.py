@@ -17,12 +17,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from api.client_errors import TimeLimitExceeded
-from api.db.crud import job_runs
-from api.db.crud.job_runs import Lease
-from api.db.session import session_scope
 from core.hooks import RunHooks
 from core.spec import JobSpec
+from service.client_errors import TimeLimitExceeded
+from service.db.crud import job_runs
+from service.db.crud.job_runs import Lease
+from service.db.session import session_scope
 from worker.db_retry import OUTCOME_RETRY_DELAYS, with_db_retry, write_telemetry
 from worker.leases import LeaseKeeper
 

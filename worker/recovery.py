@@ -4,7 +4,7 @@ Messages get lost in several ways: a worker is SIGKILLed mid-job (its lease stop
 would redeliver the unacked message only after the visibility timeout, which must exceed the longest
 job, and the filesystem transport has already removed it), the API dies between its commit and its
 enqueue, or Redis loses its data. So every worker process sweeps the tables at start-up and then every
-``lease_seconds / 2`` (``api.db.crud.requeue``): a running job whose lease expired is sent again at once;
+``lease_seconds / 2`` (``service.db.crud.requeue``): a running job whose lease expired is sent again at once;
 a queued job or a validating upload is sent again once nobody has taken it for ``requeue_seconds``.
 
 The sweep never clears a lease and never commits before the broker took the message: the mark is
@@ -24,13 +24,12 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from api.db import session as db_session
-from api.db.crud import requeue
-from api.db.models import Checkpoint, Dataset
-from api.db.session import session_scope
-from api.settings import Settings, get_settings
+from service.db.crud import requeue
+from service.db.models import Checkpoint, Dataset
+from service.db.session import reset_after_fork, session_scope
+from service.settings import Settings, get_settings
+from service.task_names import TASK_QUEUES, TASK_RUN_JOB, TASK_VALIDATE_CHECKPOINT, TASK_VALIDATE_DATASET
 from worker.gc import collect_garbage
-from worker.task_names import TASK_QUEUES, TASK_RUN_JOB, TASK_VALIDATE_CHECKPOINT, TASK_VALIDATE_DATASET
 
 log = logging.getLogger(__name__)
 
@@ -116,25 +115,12 @@ class Sweeper:
 _sweeper: Sweeper | None = None
 
 
-def forget_inherited_engines() -> None:
-    """In a forked pool process: drop the parent's pooled connections without closing them.
-
-    A connection inherited through fork shares its socket with the parent; using it here would
-    interleave two processes' traffic, and closing it would end the parent's session on the server.
-    ``dispose(close=False)`` (SQLAlchemy's recipe for child processes) just forgets them.
-    """
-    for engine in list(db_session._engines.values()):
-        engine.dispose(close=False)
-    db_session._engines.clear()
-    db_session._makers.clear()
-
-
 def install(app: Celery) -> None:
     """Connect the worker signals: fresh DB pools after fork, the sweeper in the main process."""
 
     @worker_process_init.connect(weak=False)
     def _after_fork(**_kw: Any) -> None:
-        forget_inherited_engines()
+        reset_after_fork()
 
     @worker_ready.connect(weak=False)
     def _start_sweeper(**_kw: Any) -> None:

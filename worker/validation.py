@@ -1,6 +1,6 @@
 """Upload checks: read a stored dataset or checkpoint in a limited child and record ready/invalid.
 
-Each delivery first counts an attempt (``api.db.crud.upload_validation``); the check itself runs in
+Each delivery first counts an attempt (``service.db.crud.upload_validation``); the check itself runs in
 ``worker.validation_sandbox`` under memory and CPU limits sized from the upload, so a hostile file
 ends ``invalid`` with a reason instead of taking the worker down. A defect core names
 (``CoreInputError``) becomes the row's ``reason`` as is; any other reader failure reads "could not
@@ -18,11 +18,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from api.db.crud import upload_validation
-from api.db.models import Checkpoint, Dataset
-from api.db.session import session_scope
-from api.settings import GiB, Settings, get_settings
 from core.errors import CoreInputError
+from service.db.crud import upload_validation
+from service.db.models import Checkpoint, Dataset
+from service.db.session import session_scope
+from service.settings import GiB, Settings, get_settings
 from worker.validation_sandbox import Kind, SandboxLimits, run_check
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from api.settings import Settings
+from service.settings import Settings
 
 DEADLINE_SECONDS = 5.0
 MAX_ANSWER_BYTES = 4096
@@ -307,8 +307,8 @@ def deliver_job_callback(job_id: str, message_id: str, attempt: int, settings: S
 
     Every attempt leaves one job event with a fixed message; the last says why it was the last.
     """
-    from api.db.crud import job_runs
-    from api.db.session import session_scope
+    from service.db.crud import job_runs
+    from service.db.session import session_scope
 
     with session_scope() as s:
         job = job_runs.get_job(s, job_id)

@@ -4,14 +4,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
-from api.db.crud import checkpoints as crud
-from api.db.models import ID_PATTERN
 from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.problems import ProblemError, not_found
 from api.schemas.checkpoints import CheckpointPublic, CheckpointsPublic
 from api.schemas.common import problem_responses, upload_request_body
 from api.services.uploads import accept_upload
-from api.storage import CHECKPOINT_SUFFIXES, remove_dir
+from service.db.crud import checkpoints as crud
+from service.db.models import ID_PATTERN
+from service.storage import CHECKPOINT_SUFFIXES, remove_dir
 
 # Query fields are a name or a few numbers; anything longer is not a statement.
 _STATED_MAX_CHARS = 200

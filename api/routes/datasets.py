@@ -4,14 +4,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
-from api.db.crud import datasets as crud
-from api.db.models import ID_PATTERN
 from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.problems import ProblemError, not_found
 from api.schemas.common import problem_responses, upload_request_body
 from api.schemas.datasets import DatasetPublic, DatasetsPublic
 from api.services.uploads import accept_upload
-from api.storage import DATASET_SUFFIXES, remove_dir
+from service.db.crud import datasets as crud
+from service.db.models import ID_PATTERN
+from service.storage import DATASET_SUFFIXES, remove_dir
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=problem_responses(401))
 

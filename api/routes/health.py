@@ -13,11 +13,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from api.db.crud.jobs import count_by_status
-from api.db.models import JOB_STATUSES
-from api.db.session import get_sessionmaker
 from api.problems import problem_response
-from api.settings import Settings
+from service.db.crud.jobs import count_by_status
+from service.db.models import JOB_STATUSES
+from service.db.session import get_sessionmaker
+from service.settings import Settings
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("api.health")

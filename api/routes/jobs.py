@@ -5,8 +5,6 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api.db.crud import jobs as crud
-from api.db.models import ID_PATTERN, Job
 from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.problems import ProblemError, not_found
 from api.schemas.common import problem_responses
@@ -26,7 +24,9 @@ from api.schemas.jobs import (
 )
 from api.services import event_stream
 from api.services import jobs as service
-from api.storage import ARTIFACT_NAME, resolve_inside
+from service.db.crud import jobs as crud
+from service.db.models import ID_PATTERN, Job
+from service.storage import ARTIFACT_NAME, resolve_inside
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=problem_responses(401))
 

@@ -5,8 +5,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
-from api.client_errors import public_reason
 from api.schemas.common import PublicModel
+from service.client_errors import public_reason
 
 
 class DatasetPublic(PublicModel):

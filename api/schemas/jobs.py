@@ -5,10 +5,10 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from api.client_errors import public_error
 from api.schemas.common import PublicModel
 from core.result_schema import JobResult
 from core.spec import JobSpec
+from service.client_errors import public_error
 
 JOB_CREATE_EXAMPLES: dict[str, dict[str, Any]] = {
     "minimal": {

@@ -19,12 +19,12 @@ from dataclasses import dataclass, replace
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.db.crud import jobs as crud
-from api.db.models import FINISHED_STATUSES
-from api.db.session import get_sessionmaker
 from api.problems import field_error, not_found
 from api.schemas.jobs import EpochMetricsPublic, EventPublic, JobPublic
-from api.settings import Settings
+from service.db.crud import jobs as crud
+from service.db.models import FINISHED_STATUSES
+from service.db.session import get_sessionmaker
+from service.settings import Settings
 
 RECONNECT_MS = 1000
 PING = ": ping\n\n"

@@ -11,18 +11,19 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.client_errors import BROKER_UNAVAILABLE, BROKER_UNAVAILABLE_MESSAGE, format_error, public_reason
-from api.db.crud import checkpoints as ck_crud
-from api.db.crud import datasets as ds_crud
-from api.db.crud import jobs as jobs_crud
-from api.db.models import FINISHED_STATUSES, Dataset, Job, new_id, utcnow
 from api.memory_estimate import estimate_job_memory
 from api.problems import FieldProblem, ProblemError, field_error
-from api.queue import GPU_QUEUE, RUN_JOB, EnqueueError, enqueue
+from api.queue import EnqueueError, enqueue
 from api.quotas import check_active_jobs
-from api.settings import Settings
-from api.storage import remove_dir, resolve_inside
 from core.spec import JobSpec
+from service.client_errors import BROKER_UNAVAILABLE, BROKER_UNAVAILABLE_MESSAGE, format_error, public_reason
+from service.db.crud import checkpoints as ck_crud
+from service.db.crud import datasets as ds_crud
+from service.db.crud import jobs as jobs_crud
+from service.db.models import FINISHED_STATUSES, Dataset, Job, new_id, utcnow
+from service.settings import Settings
+from service.storage import remove_dir, resolve_inside
+from service.task_names import TASK_RUN_JOB
 
 log = logging.getLogger("api.services.jobs")
 IDEMPOTENCY_FIELD = "Idempotency-Key"
@@ -122,7 +123,7 @@ class Submission:
 def _enqueue_or_fail(session: Session, settings: Settings, job: Job) -> None:
     """Publish ``jobs.run``; when the broker refuses, the job fails as unsent and the client gets a 503."""
     try:
-        enqueue(settings, RUN_JOB, [job.id], queue=GPU_QUEUE)
+        enqueue(settings, TASK_RUN_JOB, [job.id])
     except EnqueueError as exc:  # queue.py logged the broker's error for the operator
         job.status, job.error, job.finished_at = "failed", UNSENT_ERROR, utcnow()
         jobs_crud.add_event(session, job.id, "error", "not queued: the task broker was unavailable")

@@ -10,23 +10,24 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from api.db.crud.checkpoints import create_checkpoint
-from api.db.crud.datasets import create_dataset
-from api.db.models import Checkpoint, Dataset, new_id
 from api.problems import ProblemError
-from api.queue import CPU_QUEUE, VALIDATE_CHECKPOINT, VALIDATE_DATASET, EnqueueError, enqueue
+from api.queue import EnqueueError, enqueue
 from api.quotas import check_upload_rate, storage_exceeded, storage_left
-from api.settings import Settings
-from api.storage import CHECKPOINT_SUFFIXES, DATASET_SUFFIXES, remove_dir
 from api.uploads import StoredUpload, receive_upload
+from service.db.crud.checkpoints import create_checkpoint
+from service.db.crud.datasets import create_dataset
+from service.db.models import Checkpoint, Dataset, new_id
+from service.settings import Settings
+from service.storage import CHECKPOINT_SUFFIXES, DATASET_SUFFIXES, remove_dir
+from service.task_names import TASK_VALIDATE_CHECKPOINT, TASK_VALIDATE_DATASET
 
 log = logging.getLogger("api.services.uploads")
 Row = TypeVar("Row", Dataset, Checkpoint)
 
 _KINDS: dict[str, tuple[str, str, str, tuple[str, ...], str]] = {
     # kind: (id prefix, storage folder, file stem, allowed suffixes, validation task)
-    "dataset": ("ds", "datasets", "data", DATASET_SUFFIXES, VALIDATE_DATASET),
-    "checkpoint": ("ck", "checkpoints", "model", CHECKPOINT_SUFFIXES, VALIDATE_CHECKPOINT),
+    "dataset": ("ds", "datasets", "data", DATASET_SUFFIXES, TASK_VALIDATE_DATASET),
+    "checkpoint": ("ck", "checkpoints", "model", CHECKPOINT_SUFFIXES, TASK_VALIDATE_CHECKPOINT),
 }
 
 
@@ -106,7 +107,7 @@ async def accept_upload(
         remove_dir(settings.storage_dir, relative_dir)
         raise
     try:
-        await run_in_threadpool(enqueue, settings, task, [row_id], queue=CPU_QUEUE)
+        await run_in_threadpool(enqueue, settings, task, [row_id])
     except EnqueueError as exc:
         await run_in_threadpool(_undo, session, row)
         remove_dir(settings.storage_dir, relative_dir)

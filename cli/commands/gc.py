@@ -30,7 +30,7 @@ def _size(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from api.settings import get_settings
+    from service.settings import get_settings
     from worker.gc import collect_garbage
 
     settings = get_settings()

@@ -27,8 +27,8 @@ def schema_problem() -> str | None:
     from alembic.script import ScriptDirectory
     from sqlalchemy.exc import SQLAlchemyError
 
-    from api.db.migrate import alembic_config, current_revision, upgrade_head
-    from api.settings import get_settings
+    from service.db.migrate import alembic_config, current_revision, upgrade_head
+    from service.settings import get_settings
 
     settings = get_settings()
     try:
@@ -56,8 +56,8 @@ def _ready() -> bool:
 
 def create_key(name: str) -> tuple[str, str]:
     """Insert a key; returns (key id, plaintext)."""
-    from api.db.crud import api_keys
-    from api.db.session import session_scope
+    from service.db.crud import api_keys
+    from service.db.session import session_scope
 
     with session_scope() as s:
         row, plaintext = api_keys.create_key(s, name)
@@ -76,8 +76,8 @@ def run_create(args: argparse.Namespace) -> int:
 def run_list(_args: argparse.Namespace) -> int:
     if not _ready():
         return 2
-    from api.db.crud import api_keys
-    from api.db.session import session_scope
+    from service.db.crud import api_keys
+    from service.db.session import session_scope
 
     with session_scope() as s:
         for row in api_keys.list_keys(s):
@@ -89,8 +89,8 @@ def run_list(_args: argparse.Namespace) -> int:
 def run_revoke(args: argparse.Namespace) -> int:
     if not _ready():
         return 2
-    from api.db.crud import api_keys
-    from api.db.session import session_scope
+    from service.db.crud import api_keys
+    from service.db.session import session_scope
 
     with session_scope() as s:
         ok = api_keys.revoke_key(s, args.key_id)

@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from api.db.migrate import current_revision, upgrade_head, wait_for_db
-    from api.settings import get_settings
+    from service.db.migrate import current_revision, upgrade_head, wait_for_db
+    from service.settings import get_settings
 
     settings = get_settings()
     settings.ensure_dirs()

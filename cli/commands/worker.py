@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from worker.celery_app import CPU_QUEUE, GPU_QUEUE
+from service.task_names import CPU_QUEUE, GPU_QUEUE
 
 
 def register(sub: argparse._SubParsersAction) -> None:

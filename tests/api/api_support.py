@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import update
 
-from api.db.models import Checkpoint, Dataset
-from api.db.session import session_scope
-from api.settings import Settings
+from service.db.models import Checkpoint, Dataset
+from service.db.session import session_scope
+from service.settings import Settings
 
 # Starlette's TestClient warns that it is moving to httpx2; noise for these tests. Set before the import.
 warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient.*")

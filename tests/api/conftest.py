@@ -19,12 +19,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from api.auth import key_cache
-from api.db.crud.api_keys import create_key
-from api.db.migrate import upgrade_head
-from api.db.models import Base
-from api.db.session import dispose_engines, session_scope
 from api.main import create_app
-from api.settings import Settings
+from service.db.crud.api_keys import create_key
+from service.db.migrate import upgrade_head
+from service.db.models import Base
+from service.db.session import dispose_engines, session_scope
+from service.settings import Settings
 
 PG_BASE_URL = os.environ.get("RUC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -5,9 +5,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from api.auth import key_cache
-from api.db.models import ApiKey, utcnow
-from api.db.session import session_scope
-from api.settings import Settings
+from service.db.models import ApiKey, utcnow
+from service.db.session import session_scope
+from service.settings import Settings
 
 PROBLEM = "application/problem+json"
 

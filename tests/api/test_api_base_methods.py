@@ -6,9 +6,9 @@ from api_support import Keys, broker_tasks, mark_ready, ready_dataset, submit, u
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.db.models import Checkpoint, Job
-from api.db.session import session_scope
-from api.settings import Settings
+from service.db.models import Checkpoint, Job
+from service.db.session import session_scope
+from service.settings import Settings
 
 PROBLEM = "application/problem+json"
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from live_server import LiveServer, live_server, rss_peak
 
-from api.db.crud.api_keys import create_key
-from api.db.session import session_scope
+from service.db.crud.api_keys import create_key
+from service.db.session import session_scope
 
 MiB = 1024**2
 BODY_BYTES = 200 * MiB

@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 
 from api.auth import key_cache
 from api.main import create_app
-from api.queue import GPU_QUEUE, RUN_JOB
-from api.settings import Settings
+from service.settings import Settings
+from service.task_names import GPU_QUEUE, TASK_RUN_JOB
 
 CLOSED_PORT_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused
 
@@ -35,7 +35,7 @@ def test_retry_after_broker_outage_enqueues_the_same_job(
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["status"] == "queued" and job["error"] is None and job["error_code"] is None
-    assert broker_tasks(settings, GPU_QUEUE) == [(RUN_JOB, [job["id"]])]
+    assert broker_tasks(settings, GPU_QUEUE) == [(TASK_RUN_JOB, [job["id"]])]
     # A further replay is a plain replay: same job, no second message.
     again = client.post("/v1/jobs", json=spec, headers=headers)
     assert again.status_code == 202 and again.json()["id"] == job["id"]

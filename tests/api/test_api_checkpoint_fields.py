@@ -14,8 +14,8 @@ from api_support import Keys, ready_dataset
 from fastapi.testclient import TestClient
 from safetensors.torch import save as save_safetensors_bytes
 
-from api.settings import Settings
 from core.models import ClusteringModel, build_backbone, parse_statement, read_statement
+from service.settings import Settings
 from worker.validation import validate_checkpoint
 
 ROUTE = "/v1/checkpoints"

@@ -10,10 +10,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from api.auth import key_cache
-from api.db.models import Dataset, Job
-from api.db.session import session_scope
 from api.main import create_app
-from api.settings import Settings
+from service.db.models import Dataset, Job
+from service.db.session import session_scope
+from service.settings import Settings
 
 INTERNALS = ("127.0.0.1", "psycopg", "refused", "Error 111", "OperationalError", "Traceback", "/tmp/")
 

@@ -7,7 +7,7 @@ import pytest
 from api_support import Keys
 from fastapi.testclient import TestClient
 
-from api.settings import Settings
+from service.settings import Settings
 
 
 def test_healthz_and_readyz(client: TestClient, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:

@@ -9,9 +9,9 @@ from api_support import Keys, broker_tasks, mark_ready, ready_dataset, submit, u
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from api.db.models import Artifact, Checkpoint, Job, JobEvent, JobMetric, utcnow
-from api.db.session import session_scope
-from api.settings import Settings
+from service.db.models import Artifact, Checkpoint, Job, JobEvent, JobMetric, utcnow
+from service.db.session import session_scope
+from service.settings import Settings
 
 RESULT_EXAMPLE = json.loads((Path(__file__).parent / "result_example.json").read_text())
 

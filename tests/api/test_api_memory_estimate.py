@@ -14,8 +14,8 @@ from api.memory_estimate import (
     default_backbone,
     estimate_job_memory,
 )
-from api.settings import Settings
 from core.spec import JobSpec
+from service.settings import Settings
 
 CIFAR = {"count": 50_000, "height": 32, "width": 32, "channels": 3, "has_labels": True}
 

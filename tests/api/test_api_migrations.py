@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from api.db.migrate import current_revision, downgrade_base, upgrade_head
-from api.db.models import Base
+from service.db.migrate import current_revision, downgrade_base, upgrade_head
+from service.db.models import Base
 
 TABLES = {"api_keys", "datasets", "checkpoints", "jobs", "job_events", "job_metrics", "artifacts"}
 

@@ -7,7 +7,7 @@ import pytest
 from api_support import Keys, ready_dataset
 from fastapi.testclient import TestClient
 
-from api.settings import Settings
+from service.settings import Settings
 
 # Fields whose bounds let +inf or NaN through unless non-finite numbers are refused as such.
 CASES = [

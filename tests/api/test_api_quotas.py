@@ -7,7 +7,7 @@ import pytest
 from api_support import Keys, npz_bytes, ready_dataset, submit
 from fastapi.testclient import TestClient
 
-from api.settings import Settings
+from service.settings import Settings
 
 
 @pytest.fixture

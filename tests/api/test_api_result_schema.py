@@ -11,9 +11,9 @@ from api_support import Keys, ready_dataset, submit
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from api.db.models import Job, utcnow
-from api.db.session import session_scope
-from api.settings import Settings
+from service.db.models import Job, utcnow
+from service.db.session import session_scope
+from service.settings import Settings
 
 EXAMPLE = Path(__file__).parent / "result_example.json"  # a real job's result.json (72 synthetic images)
 

@@ -7,7 +7,7 @@ import re
 from api_support import Keys, ready_dataset
 from fastapi.testclient import TestClient
 
-from api.settings import Settings
+from service.settings import Settings
 
 PROBLEM = "application/problem+json"
 

@@ -7,9 +7,9 @@ from api_support import Keys, broker_tasks, npz_bytes, upload
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.db.models import Checkpoint, Dataset
-from api.db.session import session_scope
-from api.settings import Settings
+from service.db.models import Checkpoint, Dataset
+from service.db.session import session_scope
+from service.settings import Settings
 
 PROBLEM = "application/problem+json"
 

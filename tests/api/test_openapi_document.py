@@ -15,7 +15,7 @@ from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from api.main import TAGS, create_app, operation_id
-from api.settings import Settings
+from service.settings import Settings
 
 OPERATION_ID = re.compile(r"^[a-z]+_[a-z_]+$")
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}

@@ -32,13 +32,13 @@ def _fresh_database() -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     url = f"{base}/{name}"
-    from api.db.migrate import upgrade_head
+    from service.db.migrate import upgrade_head
 
     upgrade_head(url)
     try:
         yield url
     finally:
-        from api.db.session import dispose_engines
+        from service.db.session import dispose_engines
 
         dispose_engines()
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:

@@ -167,8 +167,8 @@ class Services:
 
 
 def create_key(database_url: str, name: str = "integration") -> str:
-    from api.db.crud import api_keys
-    from api.db.session import session_scope
+    from service.db.crud import api_keys
+    from service.db.session import session_scope
 
     with session_scope(database_url) as s:
         return api_keys.create_key(s, name)[1]

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import text
 from test_worker_parts import _blobs_npz, _job_with_dataset
 
-from api.db.crud import job_runs
-from api.db.session import dispose_engines, session_scope
-from api.settings import Settings, get_settings
+from service.db.crud import job_runs
+from service.db.session import dispose_engines, session_scope
+from service.settings import Settings, get_settings
 
 pytestmark = pytest.mark.service
 

@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import select
 from test_leases import job_id  # noqa: F401 - the fixture
 
-from api.db.clock import db_now
-from api.db.crud import job_runs
-from api.db.models import Job
-from api.db.session import session_scope
+from service.db.clock import db_now
+from service.db.crud import job_runs
+from service.db.models import Job
+from service.db.session import session_scope
 
 pytestmark = pytest.mark.service
 
@@ -28,8 +28,8 @@ LEASE_SECONDS = 30
 _SKEWED_WORKER = """
 import json, sys
 from datetime import UTC, datetime
-from api.db.crud import job_runs, requeue
-from api.db.session import session_scope
+from service.db.crud import job_runs, requeue
+from service.db.session import session_scope
 url, job_id, owner, attempt = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 with session_scope(url) as s:
     orphaned = job_id in requeue.orphaned_job_ids(s, requeue_seconds=300)
@@ -112,8 +112,8 @@ def test_sqlite_lease_expressions_claim_renew_and_expire(tmp_path: object) -> No
 
     from sqlalchemy import update
 
-    from api.db.migrate import upgrade_head
-    from api.db.models import ApiKey, Dataset, new_id
+    from service.db.migrate import upgrade_head
+    from service.db.models import ApiKey, Dataset, new_id
 
     url = f"sqlite:///{Path(str(tmp_path)) / 'clock.sqlite3'}"
     upgrade_head(url)

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import update
 from test_worker_parts import _rows, settings  # noqa: F401 - the fixture
 
-from api.db.clock import db_now
-from api.db.models import Artifact, Dataset, Job, new_id
-from api.db.session import session_scope
-from api.settings import Settings
+from service.db.clock import db_now
+from service.db.models import Artifact, Dataset, Job, new_id
+from service.db.session import session_scope
+from service.settings import Settings
 from worker.gc import collect_garbage
 
 DAY = 86_400

@@ -6,10 +6,10 @@ import time
 
 from test_worker_parts import _blobs_npz, _job_with_dataset, settings  # noqa: F401 (fixture)
 
-from api.db.crud import job_runs
-from api.db.session import session_scope
 from api.schemas.jobs import JobPublic
-from api.settings import Settings
+from service.db.crud import job_runs
+from service.db.session import session_scope
+from service.settings import Settings
 
 LONG_REFINE = {"strategy": "confidence", "confidence_threshold": 0.5, "epochs": 200, "batch_size": 32}
 

@@ -1,4 +1,4 @@
-"""The lease protocol of ``api.db.crud.job_runs`` on real Postgres: who runs a job is decided here."""
+"""The lease protocol of ``service.db.crud.job_runs`` on real Postgres: who runs a job is decided here."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from api.db.crud import job_runs
-from api.db.models import ApiKey, Dataset, Job, new_id, utcnow
-from api.db.session import session_scope
+from service.db.crud import job_runs
+from service.db.models import ApiKey, Dataset, Job, new_id, utcnow
+from service.db.session import session_scope
 
 pytestmark = pytest.mark.service
 
@@ -115,7 +115,7 @@ def test_cancel_before_start_ends_the_job_without_running_it(pg_url: str, job_id
 
 
 def test_expired_lease_is_requeued_once_across_competing_sweeps(pg_url: str, job_id: str) -> None:
-    from api.db.crud import requeue
+    from service.db.crud import requeue
 
     assert _claim(pg_url, job_id, "w1").outcome == "claimed"
     with session_scope(pg_url) as s:
@@ -140,7 +140,7 @@ def test_expired_lease_is_requeued_once_across_competing_sweeps(pg_url: str, job
 def test_a_stale_lease_writes_no_event_metric_artifact_or_status(pg_url: str, job_id: str) -> None:
     from sqlalchemy import func, select
 
-    from api.db.models import Artifact, JobEvent, JobMetric
+    from service.db.models import Artifact, JobEvent, JobMetric
 
     first = _claim(pg_url, job_id, "w1")
     old = first.lease
@@ -183,7 +183,7 @@ def test_a_stale_lease_writes_no_event_metric_artifact_or_status(pg_url: str, jo
 def test_epoch_metrics_are_replaced_on_a_repeated_epoch(pg_url: str, job_id: str) -> None:
     from sqlalchemy import select
 
-    from api.db.models import JobMetric
+    from service.db.models import JobMetric
 
     lease = _claim(pg_url, job_id, "w1").lease
     with session_scope(pg_url) as s:

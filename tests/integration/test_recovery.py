@@ -14,10 +14,10 @@ import pytest
 from integration_support import Services, digits_npz, free_port, small_spec, upload, wait_for, wait_upload
 from sqlalchemy import update
 
-from api.db.crud import job_runs
-from api.db.models import ApiKey, Dataset, Job, new_id, utcnow
-from api.db.session import dispose_engines, session_scope
-from api.settings import Settings, get_settings
+from service.db.crud import job_runs
+from service.db.models import ApiKey, Dataset, Job, new_id, utcnow
+from service.db.session import dispose_engines, session_scope
+from service.settings import Settings, get_settings
 
 pytestmark = pytest.mark.service
 

@@ -23,10 +23,10 @@ from upload_bombs import (
     zero_itemsize_npz,
 )
 
-from api.db.crud import job_runs
-from api.db.models import ApiKey, Checkpoint, Dataset, new_id
-from api.db.session import dispose_engines, session_scope
-from api.settings import Settings, get_settings
+from service.db.crud import job_runs
+from service.db.models import ApiKey, Checkpoint, Dataset, new_id
+from service.db.session import dispose_engines, session_scope
+from service.settings import Settings, get_settings
 
 MiB = 1024**2
 # Growth allowed over a clean upload's check: allocator noise, never the bomb's hundreds of MB.
@@ -43,7 +43,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
     dispose_engines()
     s = get_settings()
     s.ensure_dirs()
-    from api.db.migrate import upgrade_head
+    from service.db.migrate import upgrade_head
 
     upgrade_head(s.database_url)
     yield s

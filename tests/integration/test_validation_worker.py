@@ -27,8 +27,8 @@ from integration_support import (
 )
 from upload_bombs import UNDECODABLE_REASON, undecodable_tar
 
-from api.db.crud import job_runs
-from api.db.session import dispose_engines, session_scope
+from service.db.crud import job_runs
+from service.db.session import dispose_engines, session_scope
 
 pytestmark = pytest.mark.service
 MAX_ATTEMPTS = 2
@@ -49,7 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = f"{PG_ADMIN_URL.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
-    from api.db.migrate import upgrade_head
+    from service.db.migrate import upgrade_head
 
     upgrade_head(url)
     broker = f"{REDIS_HOST}/{1 + os.getpid() % 9}"

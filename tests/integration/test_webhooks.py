@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from integration_support import Services, digits_npz, upload, wait_for, wait_upload
 
-from api.db.crud import job_runs
-from api.db.models import Job, new_id
-from api.db.session import dispose_engines, session_scope
-from api.settings import Settings, get_settings
+from service.db.crud import job_runs
+from service.db.models import Job, new_id
+from service.db.session import dispose_engines, session_scope
+from service.settings import Settings, get_settings
 from worker import webhooks
 
 pytestmark = pytest.mark.service
@@ -264,7 +264,8 @@ def test_a_closed_port_and_a_silent_one_look_the_same(settings: Settings, server
 def test_a_failing_receiver_is_retried_with_backoff_and_an_invalid_spec_still_calls_back(
     services: Services, server_factory: Any
 ) -> None:
-    from api.queue import GPU_QUEUE, RUN_JOB, enqueue
+    from api.queue import enqueue
+    from service.task_names import TASK_RUN_JOB
 
     answers = iter([500, 503, 200])
 
@@ -289,7 +290,7 @@ def test_a_failing_receiver_is_retried_with_backoff_and_an_invalid_spec_still_ca
             s.flush()
             job_id = job.id
         env_settings = Settings(database_url=services.database_url, broker_url=services.env["RUC_BROKER_URL"])
-        enqueue(env_settings, RUN_JOB, [job_id], queue=GPU_QUEUE)
+        enqueue(env_settings, TASK_RUN_JOB, [job_id])
         wait_for(lambda: len(server.requests) >= 3, 90, 0.2, "three callback attempts")
         row = client.get(f"/v1/jobs/{job_id}").json()
         assert row["status"] == "failed" and row.get("error_code") == "invalid_spec", row

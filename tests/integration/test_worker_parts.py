@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from sqlalchemy import update
 
-from api.db.crud import job_runs
-from api.db.models import ApiKey, Checkpoint, Dataset, Job, new_id
-from api.db.session import dispose_engines, session_scope
-from api.settings import Settings, get_settings
 from core.spec import JobSpec
+from service.db.crud import job_runs
+from service.db.models import ApiKey, Checkpoint, Dataset, Job, new_id
+from service.db.session import dispose_engines, session_scope
+from service.settings import Settings, get_settings
 
 
 @pytest.fixture()
@@ -31,7 +31,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
     dispose_engines()
     s = get_settings()
     s.ensure_dirs()
-    from api.db.migrate import upgrade_head
+    from service.db.migrate import upgrade_head
 
     upgrade_head(s.database_url)
     yield s
@@ -178,7 +178,7 @@ def test_run_job_delivery_stores_result_metrics_events_and_artifacts(settings: S
         messages = job_runs.list_event_messages(s, job_id)
         from sqlalchemy import select
 
-        from api.db.models import Artifact, JobMetric
+        from service.db.models import Artifact, JobMetric
 
         metrics = s.scalars(
             select(JobMetric.epoch).where(JobMetric.job_id == job_id).order_by(JobMetric.epoch)
@@ -264,7 +264,7 @@ def test_cancel_requested_mid_run_ends_cancelled_and_a_stolen_lease_writes_nothi
 def test_a_worker_whose_lease_was_taken_over_writes_nothing_and_deletes_nothing(settings: Settings) -> None:
     from sqlalchemy import func, select
 
-    from api.db.models import Artifact, JobEvent, JobMetric
+    from service.db.models import Artifact, JobEvent, JobMetric
     from worker import job_runner
 
     slow_eval = {

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from service.task_names import TASK_RUN_JOB
 from worker.celery_app import app
-from worker.task_names import TASK_RUN_JOB
 
 
 @app.task(name=TASK_RUN_JOB, ignore_result=True)

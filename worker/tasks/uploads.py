@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from service.task_names import TASK_VALIDATE_CHECKPOINT, TASK_VALIDATE_DATASET
 from worker.celery_app import app
-from worker.task_names import TASK_VALIDATE_CHECKPOINT, TASK_VALIDATE_DATASET
 from worker.validation_sandbox import Kind
 
 log = logging.getLogger(__name__)

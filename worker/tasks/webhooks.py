@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from celery import Task
 
+from service.task_names import TASK_DELIVER_WEBHOOK
 from worker.celery_app import app
-from worker.task_names import TASK_DELIVER_WEBHOOK
 from worker.webhooks import MAX_ATTEMPTS
 
 
 @app.task(name=TASK_DELIVER_WEBHOOK, bind=True, ignore_result=True, max_retries=MAX_ATTEMPTS - 1)
 def deliver(self: Task, job_id: str, message_id: str) -> str:
-    from api.settings import get_settings
+    from service.settings import get_settings
     from worker.webhooks import deliver_job_callback
 
     delay = deliver_job_callback(job_id, message_id, self.request.retries + 1, get_settings())

@@ -19,7 +19,7 @@ from sqlalchemy import Float, literal
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from api.db.models.base import UTCDateTime
+from service.db.models.base import UTCDateTime
 
 
 class db_now(FunctionElement[datetime]):  # noqa: N801 - reads like the SQL function it is

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from api.db.crud.pagination import page_asc, page_desc
-from api.db.models import Artifact, Job, JobEvent, JobMetric, is_valid_id, utcnow
+from service.db.crud.pagination import page_asc, page_desc
+from service.db.models import Artifact, Job, JobEvent, JobMetric, is_valid_id, utcnow
 
 
 def create_job(

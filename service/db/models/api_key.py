@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from api.db.models.base import Base, UTCDateTime, utcnow
+from service.db.models.base import Base, UTCDateTime, utcnow
 
 
 class ApiKey(Base):

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from api.db.models.base import Base, UTCDateTime, utcnow
+from service.db.models.base import Base, UTCDateTime, utcnow
 
 
 class JobMetric(Base):

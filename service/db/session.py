@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 
 # Long enough to ride out a worker's write burst (metrics + events + artifacts in one transaction).
 SQLITE_BUSY_TIMEOUT_MS = 15_000
@@ -94,8 +94,22 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
+def reset_after_fork() -> None:
+    """In a forked child: forget the parent's pooled connections without closing them.
+
+    A connection inherited through fork shares its socket with the parent; using it here would
+    interleave two processes' traffic, and closing it would end the parent's session on the server.
+    ``dispose(close=False)`` (SQLAlchemy's recipe for child processes) just forgets them.
+    """
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose(close=False)
+        _engines.clear()
+        _makers.clear()
+
+
 def dispose_engines() -> None:
-    """Close every pooled connection (tests, and after fork in worker processes)."""
+    """Close every pooled connection (tests, and a process that is done with the database)."""
     with _lock:
         for engine in _engines.values():
             engine.dispose()

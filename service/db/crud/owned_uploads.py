@@ -11,8 +11,8 @@ from typing import TypeVar
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from api.db.crud.pagination import page_desc
-from api.db.models import Checkpoint, Dataset, is_valid_id, utcnow
+from service.db.crud.pagination import page_desc
+from service.db.models import Checkpoint, Dataset, is_valid_id, utcnow
 
 Upload = TypeVar("Upload", Dataset, Checkpoint)
 

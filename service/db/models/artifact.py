@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from api.db.models.base import Base, UTCDateTime, utcnow
+from service.db.models.base import Base, UTCDateTime, utcnow
 
 
 class Artifact(Base):

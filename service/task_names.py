@@ -1,4 +1,4 @@
-"""Task names and queues of the worker, one constant each (``api.queue`` spells the API's side)."""
+"""Task names and queues, one constant each: the API enqueues by name, the worker registers them."""
 
 from __future__ import annotations
 

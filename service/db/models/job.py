@@ -6,7 +6,7 @@ from typing import Any, Literal
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from api.db.models.base import Base, UTCDateTime, utcnow
+from service.db.models.base import Base, UTCDateTime, utcnow
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")

@@ -45,7 +45,7 @@ BROKER_UNAVAILABLE_MESSAGE = (
     "to queue this job again"
 )
 MAX_STORED_CHARS = 2000
-# Written by the lease sweep (api/db/crud/job_runs.py) in its own words, which carry nothing internal.
+# Written by the lease sweep (service/db/crud/job_runs.py) in its own words, which carry nothing internal.
 _WORKER_LOST_TEXT = re.compile(r"worker lost \d+ times \(max_attempts=\d+\)")
 # The validation task's prefix for an upload no reader could open; what follows is the reader's error.
 _UNREADABLE_PREFIX = "could not read file:"

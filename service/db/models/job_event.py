@@ -6,7 +6,7 @@ from typing import Any, Literal
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from api.db.models.base import Base, UTCDateTime, utcnow
+from service.db.models.base import Base, UTCDateTime, utcnow
 
 EventLevel = Literal["debug", "info", "warning", "error"]
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.models import ApiKey, new_id, utcnow
+from service.db.models import ApiKey, new_id, utcnow
 
 KEY_PREFIX = "ruc_"
 DISPLAY_PREFIX_LEN = 12

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.db.models import Artifact, Checkpoint, Dataset, Job
+from service.db.models import Artifact, Checkpoint, Dataset, Job
 
 ACTIVE_STATUSES = ("queued", "running")
 

@@ -19,8 +19,8 @@ from typing import Any, Literal
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from api.db.clock import db_now
-from api.db.models import FINISHED_STATUSES, Artifact, Checkpoint, Dataset, Job, JobEvent, JobMetric
+from service.db.clock import db_now
+from service.db.models import FINISHED_STATUSES, Artifact, Checkpoint, Dataset, Job, JobEvent, JobMetric
 
 ClaimOutcome = Literal["claimed", "lease_alive", "finished", "cancelled", "missing", "exhausted"]
 RUNNABLE_STATUSES = ("queued", "running")

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.crud.owned_uploads import create_upload, delete_row, get_owned, list_owned
-from api.db.models import Checkpoint, Job
+from service.db.crud.owned_uploads import create_upload, delete_row, get_owned, list_owned
+from service.db.models import Checkpoint, Job
 
 
 def create_checkpoint(

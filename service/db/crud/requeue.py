@@ -10,9 +10,9 @@ from __future__ import annotations
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from api.db.clock import db_now
-from api.db.crud.job_runs import RUNNABLE_STATUSES, add_event, get_job
-from api.db.models import Checkpoint, Dataset, Job
+from service.db.clock import db_now
+from service.db.crud.job_runs import RUNNABLE_STATUSES, add_event, get_job
+from service.db.models import Checkpoint, Dataset, Job
 
 
 def orphaned_job_ids(session: Session, *, requeue_seconds: float, limit: int = 100) -> list[str]:

@@ -15,8 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 import migrations
-from api.db.session import make_engine
-from api.settings import get_settings
+from service.db.session import make_engine
+from service.settings import get_settings
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from api.db.models import Checkpoint, Dataset, utcnow
+from service.db.models import Checkpoint, Dataset, utcnow
 
 UploadModel = type[Dataset] | type[Checkpoint]
 StartOutcome = Literal["started", "missing", "decided", "exhausted"]
