@@ -22,6 +22,28 @@ except ImportError:  # pragma: no cover
 if torch is not None:
     torch.set_num_threads(int(os.environ.get("RUC_TEST_THREADS", "1")))
 
+# Marks by need, derived from the fixtures a test uses, so `-m "not postgres"` and the like select
+# exactly what a machine can run. A fixture that cannot reach its service fails the test, never skips.
+NEEDS_BY_FIXTURE: dict[str, tuple[str, ...]] = {
+    "pg_url": ("postgres",),
+    "private_pg_url": ("postgres",),
+    "postgres_url": ("postgres",),
+    "redis_url": ("redis",),
+    "services": ("stack",),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        needs = {
+            mark for name in getattr(item, "fixturenames", ()) for mark in NEEDS_BY_FIXTURE.get(name, ())
+        }
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database_url") == "postgres":
+            needs.add("postgres")
+        for mark in sorted(needs):
+            item.add_marker(mark)
+
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 8x8 digits as uint8 (N, 8, 8, 1) = round(x * 255 / 16), and labels (N,) int64.

@@ -23,6 +23,7 @@ from core.pipeline import ARTIFACT_NAMES, REPORT_ARTIFACT_NAMES, run_job
 from core.report import FIGURES, LABELS_NEEDED, REPORT_HTML, write_report
 from core.spec import AttackSpec, BaseSpec, EvaluateSpec, JobSpec, RefineSpec
 
+pytestmark = pytest.mark.browser
 LABELLED_ONLY = {name for name, (_, needs_labels, _) in FIGURES.items() if needs_labels}
 PROBE = (
     "<script>addEventListener('load',function(){var w=[];"

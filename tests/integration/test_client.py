@@ -17,8 +17,6 @@ from integration_support import CLI, REPO, Services, digits_npz, small_spec
 
 from ruc_client import ApiError, AsyncClient, ChecksumError, Client, Dataset, Job
 
-pytestmark = pytest.mark.service
-
 N_IMAGES = 400
 # A 2-epoch small CNN base on 400 digits reaches about 0.33 accuracy (chance: 0.1).
 

@@ -12,12 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from integration_support import REPO, free_port, spawn, wait_for
 from sqlalchemy.engine import make_url
-
-pytestmark = pytest.mark.service
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]

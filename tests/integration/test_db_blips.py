@@ -17,8 +17,6 @@ from service.db.crud import job_runs
 from service.db.session import dispose_engines, session_scope
 from service.settings import Settings, get_settings
 
-pytestmark = pytest.mark.service
-
 STAGES = ("loading", "base_clustering", "sampling", "refining", "evaluating", "saving")
 
 

@@ -20,8 +20,6 @@ from service.db.crud import job_runs
 from service.db.models import Job
 from service.db.session import session_scope
 
-pytestmark = pytest.mark.service
-
 SKEW_SECONDS = 120
 LEASE_SECONDS = 30
 

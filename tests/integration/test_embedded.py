@@ -23,8 +23,6 @@ from integration_support import (
     wait_upload,
 )
 
-pytestmark = pytest.mark.service
-
 
 def descendants(pid: int) -> set[int]:
     """All live descendants of ``pid`` (from /proc; zombies count as gone)."""

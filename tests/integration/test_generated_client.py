@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from integration_support import Services, digits_npz, small_spec
 
-pytestmark = [pytest.mark.service, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 PACKAGE = "ruc_service_client"  # the generator's name for the title "ruc-service"
 N_IMAGES = 300

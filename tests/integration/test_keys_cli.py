@@ -8,10 +8,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import pytest
 from integration_support import CLI, PG_ADMIN_URL, REPO
-
-pytestmark = pytest.mark.service
 
 
 def _keys(env_extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,8 +11,6 @@ from service.db.crud import job_runs
 from service.db.models import ApiKey, Dataset, Job, new_id, utcnow
 from service.db.session import session_scope
 
-pytestmark = pytest.mark.service
-
 
 @pytest.fixture(scope="module")
 def pg_url(private_pg_url: str) -> str:

@@ -13,12 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from integration_support import REPO, Services, digits_npz
 
 from ruc_client import Client
-
-pytestmark = pytest.mark.service
 
 SECTION = "## Use it from Python"
 N_IMAGES = 300

@@ -19,8 +19,6 @@ from service.db.models import ApiKey, Dataset, Job, new_id, utcnow
 from service.db.session import dispose_engines, session_scope
 from service.settings import Settings, get_settings
 
-pytestmark = pytest.mark.service
-
 
 @pytest.fixture()
 def pg_settings(private_pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:

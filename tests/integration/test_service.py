@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 from integration_support import Services, digits_npz, get_job, small_spec, upload, wait_for, wait_upload
 
-pytestmark = pytest.mark.service
-
 
 def events(client: httpx.Client, job_id: str) -> list[str]:
     out: list[str] = []

@@ -16,8 +16,6 @@ from integration_support import Services, create_key, digits_npz, small_spec
 
 from ruc_client import ApiError, AsyncClient, Client, Job, SSEParser, StreamMessage, stream_job
 
-pytestmark = pytest.mark.service
-
 HEARTBEAT_S = 1.0
 LIFETIME_S = 2.0
 EPOCHS = 3

@@ -30,7 +30,6 @@ from upload_bombs import UNDECODABLE_REASON, undecodable_tar
 from service.db.crud import job_runs
 from service.db.session import dispose_engines, session_scope
 
-pytestmark = pytest.mark.service
 MAX_ATTEMPTS = 2
 # Long enough that a retried write lands before the sweep would send the upload again.
 REQUEUE_SECONDS = 8

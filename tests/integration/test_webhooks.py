@@ -24,8 +24,6 @@ from service.db.session import dispose_engines, session_scope
 from service.settings import Settings, get_settings
 from worker import webhooks
 
-pytestmark = pytest.mark.service
-
 
 @pytest.fixture()
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
