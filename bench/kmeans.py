@@ -7,6 +7,9 @@ library's time to ours (> 1: ours is faster). faiss (optional, ``pip install fai
 reported as missing when it does not import. Not part of the test suite.
 
     python bench/kmeans.py [--n 50000] [--d 512] [--k 10 100] [--restarts 3] [--iters 50] [--threads 2]
+                           [--device cuda] [--no-faiss] [--summary FILE]
+
+With ``--device cuda`` ours runs on the GPU while scikit-learn and faiss stay on the CPU threads.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 
 import numpy as np
 import torch
+from summary import add_summary_argument, write_summary
 
 
 def make_data(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -25,12 +29,18 @@ def make_data(n: int, d: int, seed: int = 0) -> np.ndarray:
     return (centres[rng.integers(0, 64, n)] + rng.normal(size=(n, d)).astype(np.float32)).astype(np.float32)
 
 
-def bench_core(x: np.ndarray, k: int, restarts: int, iters: int) -> tuple[float, float, int]:
+def bench_core(x: np.ndarray, k: int, restarts: int, iters: int, device: str) -> tuple[float, float, int]:
+    """Ours on ``device``; the data is moved there first (outside the timing, as a job has it there)."""
     from core.clustering.kmeans import kmeans
 
-    xt = torch.from_numpy(x)
+    xt = torch.from_numpy(x).to(device)
+    if xt.is_cuda:
+        kmeans(xt[:1000], k, restarts=1, iters=2, seed=0)  # CUDA context and kernels warm
+        torch.cuda.synchronize()
     t = time.perf_counter()
     res = kmeans(xt, k, restarts=restarts, iters=iters, seed=0)
+    if xt.is_cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t, res.inertia, res.n_iter
 
 
@@ -71,6 +81,9 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=3)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where ours runs (the others run on the CPU)")
+    ap.add_argument("--no-faiss", action="store_true")
+    add_summary_argument(ap)
     args = ap.parse_args()
     # One thread budget for every library (torch, BLAS under scikit-learn, OpenMP under faiss).
     torch.set_num_threads(args.threads)
@@ -88,16 +101,25 @@ def main() -> None:
     except ImportError:
         pass
     x = make_data(args.n, args.d)
-    print(f"data {x.shape} float32, restarts={args.restarts}, max_iter={args.iters}, threads={args.threads}")
+    print(
+        f"data {x.shape} float32, restarts={args.restarts}, max_iter={args.iters}, threads={args.threads}, "
+        f"ours on {args.device}"
+    )
+    figures: dict[str, dict[str, float]] = {}
     for k in args.k:
-        ours = bench_core(x, k, args.restarts, args.iters)
+        ours = bench_core(x, k, args.restarts, args.iters, args.device)
         print(f"K={k:4d} core     {ours[0]:8.2f} s  iters {ours[2]:3d}  inertia {ours[1]:.4e}")
         sk = bench_sklearn(x, k, args.restarts, args.iters)
         ratio = sk[0] / ours[0]
         print(
             f"K={k:4d} sklearn  {sk[0]:8.2f} s iters {sk[2]:3d} inertia {sk[1]:.4e} sklearn/core {ratio:.2f}"
         )
-        fa = bench_faiss(x, k, args.restarts, args.iters)
+        figures[f"k{k}"] = {
+            "core_s": round(ours[0], 4),
+            "sklearn_s": round(sk[0], 4),
+            "sklearn_over_core": ratio,
+        }
+        fa = "skipped (--no-faiss)" if args.no_faiss else bench_faiss(x, k, args.restarts, args.iters)
         if isinstance(fa, str):
             print(f"K={k:4d} faiss    {fa}")
         else:
@@ -105,6 +127,11 @@ def main() -> None:
             print(
                 f"K={k:4d} faiss   {fa[0]:8.2f} s iters {fa[2]:3d} inertia {fa[1]:.4e} faiss/core {ratio:.2f}"
             )
+    write_summary(
+        args.summary,
+        "kmeans",
+        {"n": args.n, "d": args.d, "device": args.device, "threads": args.threads, **figures},
+    )
 
 
 if __name__ == "__main__":

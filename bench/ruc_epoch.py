@@ -33,6 +33,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+from summary import add_summary_argument, write_summary
 
 from core.models import ClusteringModel, build_backbone
 from core.ruc import PerfOptions, train_ruc
@@ -57,14 +58,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def make_inputs(n: int, k: int, clean_fraction: float, seed: int, device: torch.device) -> dict[str, Any]:
+def make_inputs(
+    n: int,
+    k: int,
+    clean_fraction: float,
+    seed: int,
+    device: torch.device,
+    backbone_name: str = "resnet18_cifar",
+) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8)
     pseudo = torch.randint(0, k, (n,), generator=g)
     clean = torch.rand(n, generator=g) < clean_fraction
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        backbone, dim = build_backbone("resnet18_cifar", in_channels=3)
+        backbone, dim = build_backbone(backbone_name, in_channels=3)
         base = ClusteringModel(backbone, dim, k).to(device)
     return {"images": images.to(device), "pseudo": pseudo, "clean": clean, "base": base}
 
@@ -100,6 +108,7 @@ def floor_epoch(
     device: torch.device,
     perf: PerfOptions,
     max_steps: int | None = None,
+    backbone_name: str = "resnet18_cifar",
 ) -> tuple[float, dict[str, int]]:
     """Time the passes of one RUC epoch (see module doc) on random tensors; returns (seconds, counts).
 
@@ -112,7 +121,7 @@ def floor_epoch(
     dtype = perf.autocast_dtype if perf.autocast_dtype not in (None, torch.float32) else None
     nets = []
     for _ in range(n_nets):
-        backbone, dim = build_backbone("resnet18_cifar", in_channels=3)
+        backbone, dim = build_backbone(backbone_name, in_channels=3)
         nets.append(ClusteringModel(backbone, dim, k).to(device, memory_format=fmt))
 
     def amp() -> Any:
@@ -198,25 +207,35 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=10)
     ap.add_argument("--clean-fraction", type=float, default=0.6)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backbone", default="resnet18_cifar", help="any core.models backbone for 32x32x3")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
     ap.add_argument("--variant-epochs", action="store_true", help="also run a RUC epoch for every variant")
     ap.add_argument("--variant-steps", type=int, default=2, help="steps timed for the other variants' floors")
+    add_summary_argument(ap)
     args = ap.parse_args()
     rss_imports = peak_rss_mb()
 
     device = torch.device(args.device)
     spec = RefineSpec(epochs=args.epochs, batch_size=args.batch)
-    inputs = make_inputs(args.n, args.clusters, args.clean_fraction, 0, device)
+    inputs = make_inputs(args.n, args.clusters, args.clean_fraction, 0, device, args.backbone)
     n_clean = int(inputs["clean"].sum())
     print(f"load average at start: {os.getloadavg()}")
     print(
         f"device={device} threads={torch.get_num_threads()} n={args.n} batch={args.batch} "
-        f"clean={n_clean} unclean={args.n - n_clean} clusters={args.clusters} backbone=resnet18_cifar 32x32x3"
+        f"clean={n_clean} unclean={args.n - n_clean} clusters={args.clusters} "
+        f"backbone={args.backbone} 32x32x3"
     )
     default = default_perf(device, spec)
     default_name = next((name for name, p in VARIANTS.items() if _same(p, default)), "default")
     print(f"train_ruc's default on this device: {default_name} ({default})")
 
+    figures: dict[str, object] = {
+        "n": args.n,
+        "batch": args.batch,
+        "device": str(device),
+        "backbone": args.backbone,
+        "default": default_name,
+    }
     names = [v for v in args.variants.split(",") if v]
     order = [default_name] + [v for v in names if v != default_name]
     for name in order:
@@ -231,7 +250,9 @@ def main() -> None:
             n_unclean = args.n - per_epoch[0]["clean_size"] + per_epoch[0]["refurbished"]
             rss_ruc = peak_rss_mb()
             cpu0 = cpu_seconds()
-            floor_s, counts = floor_epoch(spec, args.clusters, n_clean, n_unclean, args.n, device, perf)
+            floor_s, counts = floor_epoch(
+                spec, args.clusters, n_clean, n_unclean, args.n, device, perf, backbone_name=args.backbone
+            )
             floor_cpu = cpu_seconds() - cpu0
             line += (
                 f" RUC epoch {epoch_s:.2f} s (epochs: {', '.join(f'{s:.2f}' for s in secs)})"
@@ -239,6 +260,7 @@ def main() -> None:
                 f" | ratio {epoch_s / floor_s:.3f} | peak RSS after RUC {rss_ruc:.0f} MB"
                 f" | CPU s: train_ruc (set-up, final prediction incl.) {ruc_cpu:.1f}, floor {floor_cpu:.1f}"
             )
+            figures[name] = {"epoch_s": epoch_s, "floor_s": floor_s, "ratio": epoch_s / floor_s}
         else:
             floor_s, counts = floor_epoch(
                 spec,
@@ -249,12 +271,14 @@ def main() -> None:
                 device,
                 perf,
                 max_steps=args.variant_steps,
+                backbone_name=args.backbone,
             )
             line += f" floor {floor_s:.2f} s (extrapolated from {counts['timed_steps']} step(s))"
         print(line, flush=True)
     print(f"pass counts: {counts}")
     print(f"load average now: {os.getloadavg()}")
     print(f"peak RSS (whole process) {peak_rss_mb():.0f} MB; after imports alone {rss_imports:.0f} MB")
+    write_summary(args.summary, "ruc_epoch", {**figures, "peak_rss_mb": peak_rss_mb()})
 
 
 def _same(a: PerfOptions, b: PerfOptions) -> bool:

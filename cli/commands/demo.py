@@ -21,6 +21,7 @@ from cli.stack import EmbeddedStack, free_port
 from ruc_client import Client
 
 JOB_TIMEOUT_SECONDS = 20 * 60
+UPLOAD_TIMEOUT_SECONDS = 300
 
 # What a new user sets: K, a seed, a budget in epochs and (for CPU time) a small backbone; everything
 # else is the service's default, as in tests/core/test_digits.py (which checks 3 seeds). Plus FGSM
@@ -103,12 +104,21 @@ def results_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def drive(base_url: str, key: str, spec: dict[str, Any], *, out: Any = sys.stdout) -> dict[str, Any]:
-    """Upload digits, wait for ready, run the job with live progress; returns the result JSON."""
+def drive(
+    base_url: str,
+    key: str,
+    spec: dict[str, Any],
+    *,
+    data: bytes | None = None,
+    filename: str = "digits.npz",
+    out: Any = sys.stdout,
+) -> dict[str, Any]:
+    """Upload ``data`` (default: digits), wait for ready, run the job with live progress; returns the
+    result JSON."""
     with Client(base_url, key) as client:
-        dataset = client.upload_dataset(digits_npz(), filename="digits.npz")
+        dataset = client.upload_dataset(digits_npz() if data is None else data, filename=filename)
         print(f"uploaded dataset {dataset.id} ({dataset.size} bytes, sha256 verified)", file=out)
-        dataset = client.wait_dataset(dataset.id, timeout_s=120)
+        dataset = client.wait_dataset(dataset.id, timeout_s=UPLOAD_TIMEOUT_SECONDS)
         if dataset.status != "ready":
             raise RuntimeError(f"dataset is {dataset.status}: {dataset.reason}")
         print(f"dataset ready: {dataset.facts}", file=out)

@@ -265,6 +265,7 @@ def test_strong_draws_many_op_kinds_per_batch() -> None:
     assert torch.unique(y.flatten(1), dim=0).shape[0] > 150
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("fn", [weak_augment, strong_augment])
 def test_runs_on_cuda_with_a_cpu_generator(fn) -> None:
@@ -507,6 +508,7 @@ def test_reference_geometry_matches_pil_nearest_black_fill() -> None:
         assert torch.allclose(y[0], _from_pil(ref), atol=1e-6), name
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(("recipe", "view"), _RECIPE_VIEWS)
 def test_views_on_cuda_agree_with_cpu(recipe: str, view: str) -> None:
