@@ -51,6 +51,35 @@ def name_keys(keys: Sequence[str]) -> str:
     return f"{len(keys)} key(s): {shown}" + (f" (+{more} more)" if more > 0 else "")
 
 
+def key_problems(
+    expected: Mapping[str, Sequence[int]],
+    sd: Mapping[str, torch.Tensor],
+    *,
+    file_names: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Missing, unexpected and wrong-shape keys of ``sd`` against ``expected`` (key -> shape), each
+    kind as one phrase naming its keys, unexpected and wrong-shape ones as the file names them
+    (``file_names``: our key -> the file's, for renamed layouts). A missing BatchNorm
+    ``num_batches_tracked`` is no problem: older PyTorch versions did not save it and inference
+    does not read it."""
+    names = file_names or {}
+    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [names.get(k, k) for k in sd if k not in expected]
+    wrong = [
+        f"{names.get(k, k)} {tuple(sd[k].shape)} (expected {tuple(shape)})"
+        for k, shape in expected.items()
+        if k in sd and tuple(sd[k].shape) != tuple(shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {name_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {name_keys(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shape for {name_keys(wrong)}")
+    return problems
+
+
 def _weights_only_detail(err: BaseException) -> str:
     """The specific reason inside torch's long weights_only message (drop its boilerplate)."""
     text = str(err)
