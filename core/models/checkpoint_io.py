@@ -15,7 +15,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,18 +55,17 @@ def key_problems(
     expected: Mapping[str, Sequence[int]],
     sd: Mapping[str, torch.Tensor],
     *,
-    file_names: Mapping[str, str] | None = None,
+    file_name: Callable[[str], str] | None = None,
 ) -> list[str]:
     """Missing, unexpected and wrong-shape keys of ``sd`` against ``expected`` (key -> shape), each
-    kind as one phrase naming its keys, unexpected and wrong-shape ones as the file names them
-    (``file_names``: our key -> the file's, for renamed layouts). A missing BatchNorm
-    ``num_batches_tracked`` is no problem: older PyTorch versions did not save it and inference
-    does not read it."""
-    names = file_names or {}
-    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [names.get(k, k) for k in sd if k not in expected]
+    kind as one phrase naming its keys as the file names them (``file_name``: our key -> the
+    file's, for renamed layouts). A missing BatchNorm ``num_batches_tracked`` is no problem: older
+    PyTorch versions did not save it and inference does not read it."""
+    name = file_name or str
+    missing = [name(k) for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [name(k) for k in sd if k not in expected]
     wrong = [
-        f"{names.get(k, k)} {tuple(sd[k].shape)} (expected {tuple(shape)})"
+        f"{name(k)} {tuple(sd[k].shape)} (expected {tuple(shape)})"
         for k, shape in expected.items()
         if k in sd and tuple(sd[k].shape) != tuple(shape)
     ]

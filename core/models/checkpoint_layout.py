@@ -275,12 +275,12 @@ class _Backbone:
     keys: dict[str, Any] | None = None
 
 
-def _backbone_facts(bb: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> _Backbone:
+def _backbone_facts(bb: Mapping[str, torch.Tensor], metadata: Mapping[str, str], prefix: str) -> _Backbone:
     layout = vit_layout(bb)
     if layout is None:
         detected, in_channels = _detect_backbone(bb)
         return _Backbone(detected, in_channels, {"resnet50": 2048, "small_cnn": 128}.get(detected, 512))
-    state = to_native(bb, layout)
+    state = to_native(bb, layout, prefix=prefix)
     config, heads_source = read_config(state, metadata)
     check_keys(state, config)
     return _Backbone(
@@ -322,7 +322,7 @@ def analyse_checkpoint(raw: RawCheckpoint, statement: CheckpointStatement | None
         if extra:
             raise CoreInputError(FIELD, f"unexpected {name_keys(extra)} beside the ViT backbone")
     head_keys, proj_keys, found_kind = _heads_and_kind(sd, wrapped, vit_layout(bb) is not None)
-    backbone_facts = _backbone_facts(bb, raw.metadata)
+    backbone_facts = _backbone_facts(bb, raw.metadata, BACKBONE_PREFIX if wrapped else "")
     detected, in_channels, dim = backbone_facts.detected, backbone_facts.in_channels, backbone_facts.dim
     if in_channels not in (1, 3):
         raise CoreInputError(FIELD, f"backbone input channels must be 1 or 3, found {in_channels}")

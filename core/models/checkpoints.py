@@ -35,6 +35,7 @@ from core.models.checkpoint_layout import (
 from core.models.heads import ClusteringModel, EmbeddingModel
 from core.models.statement import CheckpointStatement
 from core.models.vit_layout import model_state_dict
+from core.spec.common import NORMALISATION_PRESETS
 
 __all__ = [
     "SAFETENSORS_SUFFIX",
@@ -104,6 +105,14 @@ def _backbone_for(info: CheckpointInfo, backbone: str | None) -> tuple[nn.Module
     return build_backbone(name, in_channels=info.in_channels, vit=info.vit)  # type: ignore[arg-type]
 
 
+def _stats(info: CheckpointInfo, mean: Stats, std: Stats) -> dict[str, Stats]:
+    """The caller's mean/std, else the file's metadata, else the layout's preset (None: defaults)."""
+    own: tuple[Stats, Stats] = (info.mean, info.std)
+    if info.mean is None and info.layout_normalisation is not None:
+        own = NORMALISATION_PRESETS[info.layout_normalisation]
+    return {"mean": mean if mean is not None else own[0], "std": std if std is not None else own[1]}
+
+
 def _file_state(raw: RawCheckpoint, info: CheckpointInfo) -> dict[str, torch.Tensor]:
     """The file's tensors under our models' keys."""
     return raw.state_dict if info.vit is None else model_state_dict(raw.state_dict, info.vit["layout"])
@@ -124,7 +133,8 @@ def load_clustering_model(
     ``num_clusters`` (when not None) is the job's expectation and ``backbone`` its choice among the
     backbones the weights fit (e.g. resnet18_cifar or resnet18_stl; None: the stated one, else the
     first); a mismatch is a CoreInputError naming both. ``mean``/``std`` set the normalisation
-    (default: the file's metadata, else 0.5/0.25). Returns a model in eval mode with ``nheads == 1``.
+    (default: the file's metadata, else its layout's preset (a ViT: ImageNet's), else 0.5/0.25).
+    Returns a model in eval mode with ``nheads == 1``.
     """
     raw, info = _read(path, "clustering", statement)
     net, dim = _backbone_for(info, backbone)
@@ -146,8 +156,7 @@ def load_clustering_model(
         dim,
         info.num_clusters,
         nheads=info.nheads,
-        mean=mean if mean is not None else info.mean,
-        std=std if std is not None else info.std,
+        **_stats(info, mean, std),
     )
     _load_state(model, _file_state(raw, info))
     model.cluster_head = nn.ModuleList([model.cluster_head[selected]])
@@ -174,8 +183,7 @@ def load_embedding_model(
         dim,
         features_dim=info.features_dim,
         projection=info.projection_head is not False,
-        mean=mean if mean is not None else info.mean,
-        std=std if std is not None else info.std,
+        **_stats(info, mean, std),
     )
     _load_state(model, _file_state(raw, info))
     return model.eval()

@@ -23,7 +23,8 @@ not hold the number of heads: it is the safetensors metadata ``num_heads`` when 
 D = 1280 (ViT-H/14), else D / 64 (every published ViT-Ti/S/B/L/g has 64-channel heads).
 
 Every other key, or a missing one, makes the file invalid with the keys named; so do LayerScale on
-some blocks only and DINOv2's SwiGLU blocks (ViT-g), which this module does not build.
+some blocks only and SwiGLU blocks (ViT-g: DINOv2's ``mlp.w12``/``w3``, timm's packed ``fc1``),
+which this module does not build.
 """
 
 from __future__ import annotations
@@ -72,19 +73,31 @@ _TV_TOP = {
     "class_token": "cls_token",
     "encoder.pos_embedding": "pos_embed",
 }
+_TV_BLOCK_PARTS_BACK = {new: old for old, new in _TV_BLOCK_PARTS.items() if "linear_" not in old}
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.(.+)$")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 @dataclass(frozen=True)
 class ViTState:
-    """A ViT state dict renamed to our keys. ``file_names``: our key -> the file's key (for
-    messages); ``ignored``: the file's keys that are not part of the backbone (classifiers)."""
+    """A ViT state dict renamed to our keys. ``file_names``: our key -> the file's key;
+    ``ignored``: the file's keys that are not part of the backbone (classifiers); ``prefix``: what
+    the file puts before every backbone key (SCAN's ``backbone.``, or nothing)."""
 
     layout: ViTLayout
     state_dict: dict[str, torch.Tensor]
     file_names: dict[str, str]
     ignored: tuple[str, ...]
+    prefix: str = ""
+
+    def file_name(self, key: str) -> str:
+        """Our ``key`` as this file names it, or would name it (for a missing key)."""
+        if key in self.file_names:
+            return self.prefix + self.file_names[key]
+        if self.layout == "torchvision":
+            return self.prefix + _torchvision_file_name(key)
+        return self.prefix + ("reg_token" if key == "register_tokens" and self.layout == "timm" else key)
 
 
 def vit_layout(keys: Mapping[str, Any]) -> ViTLayout | None:
@@ -131,6 +144,23 @@ def _torchvision_name(key: str) -> str | None:
     return key
 
 
+def _torchvision_file_name(key: str) -> str:
+    """torchvision's name for one of our keys (legacy MLP names aside)."""
+    m = _BLOCK_KEY.match(key)
+    if m:
+        rest = m.group(2)
+        for new, old in _TV_BLOCK_PARTS_BACK.items():
+            if rest.startswith(new):
+                return f"encoder.layers.encoder_layer_{m.group(1)}.{old}{rest[len(new) :]}"
+        return key
+    if key.startswith("norm."):
+        return "encoder.ln." + key[len("norm.") :]
+    for old, new in _TV_TOP.items():
+        if key.startswith(new):
+            return old + key[len(new) :]
+    return key
+
+
 def _timm_name(key: str) -> str | None:
     if key.startswith("head.") or key == "mask_token":
         return None
@@ -140,8 +170,9 @@ def _timm_name(key: str) -> str | None:
     return f"blocks.{m.group(1)}.{m.group(2)}" if m else key
 
 
-def to_native(sd: Mapping[str, torch.Tensor], layout: ViTLayout) -> ViTState:
-    """Rename a ViT state dict of ``layout`` to our keys, setting the classifier keys aside."""
+def to_native(sd: Mapping[str, torch.Tensor], layout: ViTLayout, *, prefix: str = "") -> ViTState:
+    """Rename a ViT state dict of ``layout`` to our keys, setting the classifier keys aside;
+    ``prefix``: what the file had before these keys (for messages)."""
     rename = _torchvision_name if layout == "torchvision" else _timm_name
     out: dict[str, torch.Tensor] = {}
     names: dict[str, str] = {}
@@ -152,44 +183,48 @@ def to_native(sd: Mapping[str, torch.Tensor], layout: ViTLayout) -> ViTState:
             ignored.append(key)
             continue
         if new in out:
-            raise CoreInputError(FIELD, f"keys {names[new]!r} and {key!r} are the same parameter")
+            raise CoreInputError(
+                FIELD, f"keys {prefix + names[new]!r} and {prefix + key!r} are the same parameter"
+            )
         out[new], names[new] = value, key
-    return ViTState(layout, out, names, tuple(ignored))
+    return ViTState(layout, out, names, tuple(ignored), prefix)
 
 
-def _shape(sd: Mapping[str, torch.Tensor], key: str, ndim: int, names: Mapping[str, str]) -> tuple[int, ...]:
-    t = sd.get(key)
+def _shape(state: ViTState, key: str, ndim: int) -> tuple[int, ...]:
+    t = state.state_dict.get(key)
     if t is None:
-        raise CoreInputError(FIELD, f"a ViT needs {key!r}; it is missing")
+        raise CoreInputError(FIELD, f"a {state.layout} ViT needs {state.file_name(key)!r}; it is missing")
     if t.ndim != ndim:
-        raise CoreInputError(f"{FIELD}:{names.get(key, key)}", f"expected {ndim}-d, got {tuple(t.shape)}")
+        raise CoreInputError(f"{FIELD}:{state.file_name(key)}", f"expected {ndim}-d, got {tuple(t.shape)}")
     return tuple(int(s) for s in t.shape)
 
 
-def _bounded(field: str, value: int, low: int, high: int) -> int:
+def _bounded(state: ViTState, key: str, value: int, low: int, high: int) -> int:
     if not low <= value <= high:
-        raise CoreInputError(f"{FIELD}:{field}", f"{value} is outside {low}..{high}")
+        raise CoreInputError(f"{FIELD}:{state.file_name(key)}", f"{value} is outside {low}..{high}")
     return value
 
 
-def _depth(sd: Mapping[str, torch.Tensor]) -> int:
-    indices = sorted({int(m.group(1)) for k in sd if (m := _BLOCK.match(k))})
+def _depth(state: ViTState) -> int:
+    indices = sorted({int(m.group(1)) for k in state.state_dict if (m := _BLOCK.match(k))})
     if not indices:
         raise CoreInputError(FIELD, "a ViT needs transformer blocks (blocks.<i>.*); none found")
     if indices != list(range(len(indices))):
         shown = indices[:8] + (["..."] if len(indices) > 8 else [])  # type: ignore[list-item]
         raise CoreInputError(FIELD, f"ViT block indices must be 0..n-1, found {shown}")
-    return _bounded("blocks", len(indices), 1, MAX_DEPTH)
+    if len(indices) > MAX_DEPTH:
+        raise CoreInputError(FIELD, f"{len(indices)} ViT blocks, more than {MAX_DEPTH}")
+    return len(indices)
 
 
-def _grid(length: int, registers: int) -> tuple[int, int]:
+def _grid(state: ViTState, length: int, registers: int) -> tuple[int, int]:
     """(grid side, prefix tokens embedded) from the position embedding's length."""
     for prefix in dict.fromkeys((1, 0, 1 + registers)):
         side = math.isqrt(max(length - prefix, 0))
         if side > 0 and side * side == length - prefix:
-            return _bounded("pos_embed", side, 1, MAX_GRID), prefix
+            return _bounded(state, "pos_embed", side, 1, MAX_GRID), prefix
     raise CoreInputError(
-        f"{FIELD}:pos_embed",
+        f"{FIELD}:{state.file_name('pos_embed')}",
         f"{length} position embeddings are no square patch grid plus 0, 1 or {1 + registers} prefix tokens",
     )
 
@@ -214,26 +249,34 @@ def _heads(dim: int, metadata: Mapping[str, str]) -> tuple[int, str]:
 
 def read_config(state: ViTState, metadata: Mapping[str, str]) -> tuple[ViTConfig, str]:
     """The architecture the renamed tensors imply, and where the head count came from."""
-    sd, names = state.state_dict, state.file_names
-    dim, channels, p, p_w = _shape(sd, "patch_embed.proj.weight", 4, names)
+    sd = state.state_dict
+    patch_key = "patch_embed.proj.weight"
+    dim, channels, p, p_w = _shape(state, patch_key, 4)
     if p != p_w:
-        raise CoreInputError(f"{FIELD}:{names['patch_embed.proj.weight']}", f"non-square patches {p}x{p_w}")
-    _bounded("patch_embed.proj.weight", dim, 1, MAX_DIM)
-    _bounded("patch_embed.proj.weight", p, 1, MAX_PATCH)
+        raise CoreInputError(f"{FIELD}:{state.file_name(patch_key)}", f"non-square patches {p}x{p_w}")
+    _bounded(state, patch_key, dim, 1, MAX_DIM)
+    _bounded(state, patch_key, p, 1, MAX_PATCH)
     registers = 0
     if "register_tokens" in sd:
-        registers = _bounded("register_tokens", _shape(sd, "register_tokens", 3, names)[1], 1, MAX_REGISTERS)
-    grid, pos_prefix = _grid(_shape(sd, "pos_embed", 3, names)[1], registers)
+        registers = _bounded(
+            state, "register_tokens", _shape(state, "register_tokens", 3)[1], 1, MAX_REGISTERS
+        )
+    grid, pos_prefix = _grid(state, _shape(state, "pos_embed", 3)[1], registers)
     if "blocks.0.mlp.fc1.weight" not in sd and any(".mlp.w12." in k for k in sd):
         raise CoreInputError(FIELD, "DINOv2's SwiGLU blocks (ViT-g, mlp.w12/w3) are not supported")
-    mlp_dim = _shape(sd, "blocks.0.mlp.fc1.weight", 2, names)[0]
+    mlp_dim = _bounded(
+        state, "blocks.0.mlp.fc1.weight", _shape(state, "blocks.0.mlp.fc1.weight", 2)[0], 1, 8 * MAX_DIM
+    )
+    fc2 = sd.get("blocks.0.mlp.fc2.weight")
+    if fc2 is not None and fc2.ndim == 2 and 2 * fc2.shape[1] == mlp_dim:
+        raise CoreInputError(FIELD, "SwiGLU blocks (timm's packed mlp.fc1 of ViT-g) are not supported")
     heads, heads_source = _heads(dim, metadata)
     config = ViTConfig(
         patch_size=p,
         dim=dim,
-        depth=_depth(sd),
+        depth=_depth(state),
         heads=heads,
-        mlp_dim=_bounded("blocks.0.mlp.fc1.weight", mlp_dim, 1, 8 * MAX_DIM),
+        mlp_dim=mlp_dim,
         grid=grid,
         in_channels=channels,
         registers=registers,
@@ -253,7 +296,7 @@ def expected_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
 
 def check_keys(state: ViTState, config: ViTConfig) -> None:
     """Raise CoreInputError naming every missing, unexpected or wrong-shape key."""
-    problems = key_problems(expected_shapes(config), state.state_dict, file_names=state.file_names)
+    problems = key_problems(expected_shapes(config), state.state_dict, file_name=state.file_name)
     if problems:
         raise CoreInputError(
             FIELD, f"does not match the {state.layout} ViT its keys describe: " + "; ".join(problems)
