@@ -3,8 +3,8 @@ decided and reported.
 
 Normalisation, highest first: ``base.normalisation``, the checkpoint upload's statement, the file's
 own metadata, its layout's (ImageNet's for a ViT), the dataset's per-channel statistics (computed
-once per job). A base network built on
-an embedding model copies that model's normalisation; RUC's networks copy the base network's.
+once per job). A base network built on an embedding model copies that model's normalisation; RUC's
+networks copy the base network's.
 Each loader returns its model and a JSON-serialisable report for the base stage's info dict.
 """
 

@@ -22,12 +22,16 @@ from vit_reference import DinoV2Reference, chunked, jitter
 
 from core.errors import CoreInputError
 from core.models import (
+    ClusteringModel,
     VisionTransformer,
+    ViTConfig,
+    build_backbone,
     choose_backbone,
     input_plan,
     inspect_checkpoint,
     load_clustering_model,
     load_embedding_model,
+    save_safetensors,
 )
 from core.models.checkpoint_io import RawCheckpoint
 from core.models.checkpoint_layout import analyse_checkpoint
@@ -375,3 +379,39 @@ def test_a_bare_vit_is_an_embedding_model_not_a_clustering_one(tmp_path: Path) -
             info, spec_backbone="resnet18", height=32, width=32, field="base.embedding_checkpoint_id"
         )
     assert choose_backbone(info, spec_backbone=None, height=32, width=32, field="x") == ("vit", "keys")
+
+
+def test_our_safetensors_export_of_a_vit_model_loads_back(tmp_path: Path) -> None:
+    """A ViT model saved by save_safetensors (our names, which are timm's, and num_heads in the
+    metadata: 3 heads of 32 channels, which no rule would guess) loads back computing the same."""
+    torch.manual_seed(0)
+    config = ViTConfig(patch_size=4, dim=96, depth=2, heads=3, mlp_dim=192, grid=4, registers=1)
+    net, dim = build_backbone("vit", in_channels=3, vit=config)
+    model = ClusteringModel(jitter(net, 0.05), dim, 5, nheads=2, mean=0.4, std=0.3).eval()
+    save_safetensors(model, tmp_path / "vit.safetensors")
+    info = inspect_checkpoint(tmp_path / "vit.safetensors")
+    assert (info.kind, info.backbone_source, (info.vit or {})["heads_source"]) == (
+        "clustering",
+        "metadata",
+        "metadata",
+    )
+    loaded = load_clustering_model(tmp_path / "vit.safetensors", num_clusters=5, head=0, backbone=None)
+    assert loaded.backbone.config == config  # type: ignore[union-attr]
+    x = _images(3, 16)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=TOL)
+
+
+def test_a_missing_key_is_named_as_the_file_would_name_it(tmp_path: Path) -> None:
+    sd = _torchvision_vit().state_dict()
+    del sd["encoder.layers.encoder_layer_1.ln_2.bias"]
+    wrapped = {f"backbone.{k}": v for k, v in sd.items() if not k.startswith("heads.")}
+    for name, data, missing in (
+        ("bare.pth", sd, "encoder.layers.encoder_layer_1.ln_2.bias"),
+        ("scan.pth", wrapped, "backbone.encoder.layers.encoder_layer_1.ln_2.bias"),
+    ):
+        torch.save(data, tmp_path / name)
+        with pytest.raises(
+            CoreInputError, match=f"torchvision ViT its keys describe: missing 1 key\\(s\\): {missing}$"
+        ):
+            inspect_checkpoint(tmp_path / name)
