@@ -81,8 +81,8 @@ _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 @dataclass(frozen=True)
 class ViTState:
-    """A ViT state dict renamed to our keys. ``file_names``: our key -> the file's key;
-    ``ignored``: the file's keys that are not part of the backbone (classifiers); ``prefix``: what
+    """A ViT state dict renamed to our keys. ``file_names``: our key -> the file's key (prefix
+    removed); ``ignored``: the file's keys that are not part of the backbone (classifiers); ``prefix``: what
     the file puts before every backbone key (SCAN's ``backbone.``, or nothing)."""
 
     layout: ViTLayout
@@ -180,7 +180,7 @@ def to_native(sd: Mapping[str, torch.Tensor], layout: ViTLayout, *, prefix: str 
     for key, value in sd.items():
         new = rename(key)
         if new is None:
-            ignored.append(key)
+            ignored.append(prefix + key)
             continue
         if new in out:
             raise CoreInputError(
