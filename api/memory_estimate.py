@@ -12,7 +12,9 @@ backbone's parameters, D its feature width):
 - models: ``4*P*3`` per trained network (weights, gradients, momentum), two with
   ``refine.co_training``, plus ``4*P`` for the base network;
 - activations: ``B * H*W * a`` with ``a`` the bytes autograd keeps per input pixel for one image
-  (``ACTIVATION_BYTES_PER_PIXEL``), one chunk of B at a time as the trainer runs it;
+  (``ACTIVATION_BYTES_PER_PIXEL``), one chunk of B at a time as the trainer runs it; for a ViT
+  checkpoint ``B * vit_activation_bytes`` (per token and block, see there), its P the checkpoint's
+  parameter count and D its width (the upload's ``vit`` facts);
 - batch inputs: ``2 * (2*M + 1) * B * 4*H*W*C`` (weak views, strong view, the mixed copy);
 - a fixed ``RUNTIME_OVERHEAD_BYTES`` for the interpreter, torch and its allocator.
 
@@ -22,6 +24,7 @@ the 422 names.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +60,14 @@ BACKBONE_FEATURE_DIM: dict[str, int] = {
     "resnet34": 512,
     "resnet50": 2048,
 }
+# ViT (core.models.vit): fp32 values autograd saves per token and block, in units of the width D and
+# the MLP width M; measured like ACTIVATION_BYTES_PER_PIXEL (17-789 tokens, D 128-384, M 2-4 D):
+# 8.3-8.6 D + 2 M, 2 D more with LayerScale. Linear in the tokens: scaled_dot_product_attention's
+# fused kernels keep no tokens x tokens matrix.
+VIT_SAVED_PER_TOKEN_D = 9
+VIT_SAVED_PER_TOKEN_M = 2
+VIT_LAYER_SCALE_PER_TOKEN_D = 2
+_VIT_FIELDS = ("patch_size", "dim", "depth", "mlp_dim", "registers", "in_channels", "parameters")
 # The field a client changes to shrink each term.
 TERM_FIELDS: dict[str, str] = {
     "images": "dataset_id",
@@ -75,6 +86,32 @@ def default_backbone(height: int, width: int) -> str:
     if side <= 64:
         return "resnet18_cifar"
     return "resnet18"
+
+
+def vit_tokens(vit: dict[str, Any], height: int, width: int) -> tuple[int, int, int]:
+    """(tokens, input height, input width) of a ViT on (height, width) images: sides resized to the
+    nearest multiple of the patch (``core.models.vit.input_plan``, which needs torch to import)."""
+    p = int(vit["patch_size"])
+    h, w = (max(p, math.floor(side / p + 0.5) * p) for side in (height, width))
+    return 1 + int(vit["registers"]) + (h // p) * (w // p), h, w
+
+
+def vit_activation_bytes(vit: dict[str, Any], height: int, width: int) -> int:
+    """fp32 bytes a training forward of the ViT saves for one (height, width) image."""
+    tokens, h, w = vit_tokens(vit, height, width)
+    d = int(vit["dim"])
+    per_token = VIT_SAVED_PER_TOKEN_D * d + VIT_SAVED_PER_TOKEN_M * int(vit["mlp_dim"])
+    if vit.get("layer_scale"):
+        per_token += VIT_LAYER_SCALE_PER_TOKEN_D * d
+    return 4 * (tokens * int(vit["depth"]) * per_token + int(vit["in_channels"]) * h * w)
+
+
+def _usable_vit(vit: Any) -> dict[str, Any] | None:
+    """A checkpoint's ``vit`` facts when every number the estimate reads is a positive int."""
+    if not isinstance(vit, dict):
+        return None
+    ok = all(isinstance(vit.get(k), int) and vit[k] >= 0 for k in _VIT_FIELDS) and vit["patch_size"] > 0
+    return vit if ok else None
 
 
 @dataclass(frozen=True)
@@ -97,11 +134,17 @@ class MemoryEstimate:
 
 
 def estimate_job_memory(
-    spec: JobSpec, facts: dict[str, Any], *, checkpoint_backbone: str | None = None
+    spec: JobSpec,
+    facts: dict[str, Any],
+    *,
+    checkpoint_backbone: str | None = None,
+    checkpoint_vit: dict[str, Any] | None = None,
 ) -> MemoryEstimate | None:
     """Bytes the job's RUC stage needs on a worker; None when the facts lack the image shape.
 
     facts: the dataset's validation facts (``count``, ``height``, ``width``, ``channels``).
+    checkpoint_backbone / checkpoint_vit: an uploaded checkpoint's ``backbone`` and, for ``vit``,
+    its ``vit`` facts (the architecture).
     """
     shape = [facts.get(k) for k in ("count", "height", "width", "channels")]
     if not all(isinstance(v, int) and v > 0 for v in shape):
@@ -109,22 +152,27 @@ def estimate_job_memory(
     n, h, w, c = (int(v) for v in shape)  # type: ignore[arg-type]
     refine = spec.refine
     backbone = refine.backbone or spec.base.backbone or checkpoint_backbone or default_backbone(h, w)
-    if backbone not in BACKBONE_PARAMETERS:
+    vit = _usable_vit(checkpoint_vit) if backbone == "vit" else None
+    if backbone not in BACKBONE_PARAMETERS and vit is None:
         backbone = default_backbone(h, w)
-    params = BACKBONE_PARAMETERS[backbone]
     pixels = h * w
+    if vit is not None:
+        params, dim, per_image = int(vit["parameters"]), int(vit["dim"]), vit_activation_bytes(vit, h, w)
+    else:
+        params, dim = BACKBONE_PARAMETERS[backbone], BACKBONE_FEATURE_DIM[backbone]
+        per_image = pixels * ACTIVATION_BYTES_PER_PIXEL[backbone]
     b = min(effective_batch_size(refine.batch_size, num_samples=n), n)
     nets = 2 if refine.co_training else 1
     knn = 0
     if refine.strategy != "confidence":
         clusters = spec.num_clusters or (spec.base.auto_k.k_min if spec.base.auto_k else 2)
         k = effective_knn_k(refine.knn_k, num_samples=max(n, 2), num_clusters=clusters)
-        knn = 8 * n * k + 4 * min(KNN_CHUNK_ROWS, n) * n + 4 * n * BACKBONE_FEATURE_DIM[backbone]
+        knn = 8 * n * k + 4 * min(KNN_CHUNK_ROWS, n) * n + 4 * n * dim
     terms = {
         "images": 5 * n * pixels * c,
         "knn": knn,
         "models": 4 * params * 3 * nets + 4 * params,
-        "activations": b * pixels * ACTIVATION_BYTES_PER_PIXEL[backbone],
+        "activations": b * per_image,
         "batch_inputs": 2 * (2 * refine.weak_augmentations + 1) * b * 4 * pixels * c,
         "runtime": RUNTIME_OVERHEAD_BYTES,
     }

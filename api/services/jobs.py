@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -39,9 +40,11 @@ def request_hash(spec_json: dict) -> str:
     return hashlib.sha256(json.dumps(spec_json, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> tuple[Dataset, str | None]:
-    """4xx naming the field for every reference the job could not run with; returns the dataset and
-    the backbone an uploaded checkpoint declares (clustering first)."""
+def _check_inputs(
+    session: Session, owner_id: str, spec: JobSpec
+) -> tuple[Dataset, str | None, dict[str, Any] | None]:
+    """4xx naming the field for every reference the job could not run with; returns the dataset,
+    the backbone an uploaded checkpoint declares (clustering first) and a ViT's architecture facts."""
     dataset = ds_crud.get_dataset(session, owner_id, spec.dataset_id)
     if dataset is None:
         raise field_error(422, "dataset_id", f"no dataset {spec.dataset_id!r}", slug="unknown-reference")
@@ -64,6 +67,7 @@ def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> tuple[Datas
         ("base.clustering_checkpoint_id", spec.base.clustering_checkpoint_id, "clustering"),
     )
     backbone: str | None = None
+    vit: dict[str, Any] | None = None
     for field, ck_id, kind in wanted:
         if ck_id is None:
             continue
@@ -90,14 +94,18 @@ def _check_inputs(session: Session, owner_id: str, spec: JobSpec) -> tuple[Datas
             )
         declared = (ck.info or {}).get("backbone")
         if backbone is None and isinstance(declared, str):
-            backbone = declared
-    return dataset, backbone
+            backbone, vit = declared, (ck.info or {}).get("vit")
+    return dataset, backbone, vit
 
 
-def _check_memory(settings: Settings, spec: JobSpec, dataset: Dataset, backbone: str | None) -> None:
+def _check_memory(
+    settings: Settings, spec: JobSpec, dataset: Dataset, backbone: str | None, vit: dict[str, Any] | None
+) -> None:
     """422 naming the field to change when the job's estimated memory exceeds the worker's."""
     budget = settings.worker_memory_bytes
-    estimate = estimate_job_memory(spec, dataset.facts or {}, checkpoint_backbone=backbone)
+    estimate = estimate_job_memory(
+        spec, dataset.facts or {}, checkpoint_backbone=backbone, checkpoint_vit=vit
+    )
     if budget <= 0 or estimate is None or estimate.total <= budget:
         return
     field = estimate.largest_field()
@@ -173,8 +181,8 @@ def submit_job(
         existing = jobs_crud.get_job_by_idempotency_key(session, owner_id, idempotency_key)
         if existing is not None:
             return _replay(session, settings, existing, digest)
-    dataset, backbone = _check_inputs(session, owner_id, spec)
-    _check_memory(settings, spec, dataset, backbone)
+    dataset, backbone, vit = _check_inputs(session, owner_id, spec)
+    _check_memory(settings, spec, dataset, backbone, vit)
     check_active_jobs(session, settings, owner_id)
     job_id = new_id("job")
     try:

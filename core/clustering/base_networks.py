@@ -2,8 +2,9 @@
 decided and reported.
 
 Normalisation, highest first: ``base.normalisation``, the checkpoint upload's statement, the file's
-own metadata, the dataset's per-channel statistics (computed once per job). A base network built on
-an embedding model copies that model's normalisation; RUC's networks copy the base network's.
+own metadata, its layout's (ImageNet's for a ViT), the dataset's per-channel statistics (computed
+once per job). A base network built on an embedding model copies that model's normalisation; RUC's
+networks copy the base network's.
 Each loader returns its model and a JSON-serialisable report for the base stage's info dict.
 """
 
@@ -19,11 +20,13 @@ from core.models import (
     ClusteringModel,
     EmbeddingModel,
     Normalisation,
+    ViTConfig,
     build_backbone,
     check_input_size,
     choose_backbone,
     default_backbone_for,
     image_statistics,
+    input_plan,
     inspect_checkpoint,
     load_clustering_model,
     load_embedding_model,
@@ -58,12 +61,17 @@ class JobNormalisation:
         return self._stats
 
     def resolve(
-        self, *, upload: Any = None, metadata: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        self,
+        *,
+        upload: Any = None,
+        metadata: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+        layout: str | None = None,
     ) -> Normalisation:
         return resolve_normalisation(
             spec=self.spec.base.normalisation,
             upload=upload,
             metadata=metadata,
+            layout=layout,
             channels=self.dataset.channels,
             dataset_stats=self.dataset_stats,
         )
@@ -107,13 +115,20 @@ def _decide(
         field=field_name,
     )
     metadata = (info.mean, info.std) if info.mean is not None and info.std is not None else None
-    normalisation = norm.resolve(upload=statement.normalisation, metadata=metadata)
-    report = {
+    normalisation = norm.resolve(
+        upload=statement.normalisation, metadata=metadata, layout=info.layout_normalisation
+    )
+    report: dict[str, Any] = {
         "backbone": backbone,
         "backbone_decided_by": decided_by,
         "backbone_candidates": list(info.backbone_candidates),
         "normalisation": normalisation.as_dict(),
     }
+    if info.vit is not None:
+        # The architecture, and what it does with this dataset's images (resize, grid, pos-embed).
+        plan = input_plan(ViTConfig.from_dict(info.vit), dataset.height, dataset.width)
+        report["vit"] = {**info.vit, "job": plan}
+        report["keys"] = info.keys
     return backbone, normalisation, report
 
 

@@ -1,6 +1,14 @@
-"""Backbones, SCAN-layout clustering/embedding models, safe checkpoint loading and normalisation."""
+"""Backbones, SCAN-layout clustering/embedding models, ViTs, safe checkpoint loading and normalisation."""
 
-from core.models.backbones import BACKBONE_NAMES, build_backbone, check_input_size, default_backbone_for
+from core.models.backbones import (
+    BACKBONE_NAMES,
+    VIT,
+    ModelBackbone,
+    build_backbone,
+    check_input_size,
+    default_backbone_for,
+    vit_config_of,
+)
 from core.models.checkpoints import (
     CheckpointInfo,
     choose_backbone,
@@ -12,19 +20,25 @@ from core.models.checkpoints import (
 from core.models.heads import ClusteringModel, EmbeddingModel
 from core.models.normalisation import Normalisation, image_statistics, resolve_normalisation
 from core.models.statement import CheckpointStatement, parse_statement, read_statement, write_statement
+from core.models.vit import VisionTransformer, ViTConfig, input_plan
 
 __all__ = [
     "BACKBONE_NAMES",
+    "VIT",
     "CheckpointInfo",
     "CheckpointStatement",
     "ClusteringModel",
     "EmbeddingModel",
+    "ModelBackbone",
     "Normalisation",
+    "ViTConfig",
+    "VisionTransformer",
     "build_backbone",
     "check_input_size",
     "choose_backbone",
     "default_backbone_for",
     "image_statistics",
+    "input_plan",
     "inspect_checkpoint",
     "load_clustering_model",
     "load_embedding_model",
@@ -32,5 +46,6 @@ __all__ = [
     "read_statement",
     "resolve_normalisation",
     "save_safetensors",
+    "vit_config_of",
     "write_statement",
 ]

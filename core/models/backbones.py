@@ -11,20 +11,27 @@ Key layouts matter because uploaded checkpoints are loaded by name:
 - ``resnet18`` / ``resnet34`` / ``resnet50`` are torchvision's ResNets with ``fc`` removed, the layout
   of SCAN's ImageNet models and of most published ResNet weights.
 - ``small_cnn`` is ours: three conv blocks for tiny images (8x8 digits, CPU demos).
+- ``vit`` (core.models.vit) is built only with the architecture a checkpoint's tensors describe,
+  never by name alone, so a job spec cannot ask for one.
 """
 
 from __future__ import annotations
 
-from typing import get_args
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.errors import CoreInputError
+from core.models.vit import VisionTransformer, ViTConfig
 from core.spec import BackboneName
 
 BACKBONE_NAMES: tuple[BackboneName, ...] = get_args(BackboneName)
+VIT: Literal["vit"] = "vit"
+# Every backbone a model may carry: the named ones and a checkpoint's ViT.
+ModelBackbone = BackboneName | Literal["vit"]
 # Input sides (px) for which resnet18_stl's layer4 map is exactly 7x7, the window of its final pool.
 STL_MIN_SIDE, STL_MAX_SIDE = 96, 111
 _STL_POOL = 7
@@ -176,16 +183,30 @@ def _torchvision_resnet(name: str, in_channels: int) -> tuple[nn.Module, int]:
     return net, dim
 
 
-def build_backbone(name: BackboneName, *, in_channels: int) -> tuple[nn.Module, int]:
+def build_backbone(
+    name: ModelBackbone, *, in_channels: int, vit: ViTConfig | Mapping[str, Any] | None = None
+) -> tuple[nn.Module, int]:
     """Build a freshly initialised backbone; returns (module, feature dim D).
 
     The module maps (B, in_channels, H, W) -> (B, D) and carries ``backbone_name`` and
-    ``in_channels`` attributes (plain attributes, not in the state dict).
+    ``in_channels`` attributes (plain attributes, not in the state dict). ``vit``: the architecture
+    of a ``vit`` backbone (a ViTConfig or its ``as_dict()``), required for it and only for it.
     """
     if in_channels not in (1, 3):
         raise CoreInputError("in_channels", f"must be 1 or 3, got {in_channels}")
+    if (name == VIT) != (vit is not None):
+        raise CoreInputError(
+            "backbone", "a ViT is built from a checkpoint's architecture, and only a ViT takes one"
+        )
     module: nn.Module
-    if name == "resnet18_cifar":
+    if name == VIT:
+        config = vit if isinstance(vit, ViTConfig) else ViTConfig.from_dict(vit)  # type: ignore[arg-type]
+        if config.in_channels != in_channels:
+            raise CoreInputError(
+                "in_channels", f"the ViT takes {config.in_channels} channels, not {in_channels}"
+            )
+        module, dim = VisionTransformer(config), config.dim
+    elif name == "resnet18_cifar":
         module, dim = ResNetCifar((2, 2, 2, 2), in_channels=in_channels), 512
     elif name == "resnet18_stl":
         module, dim = ResNetStl((2, 2, 2, 2), in_channels=in_channels), 512
@@ -200,6 +221,12 @@ def build_backbone(name: BackboneName, *, in_channels: int) -> tuple[nn.Module, 
     module.backbone_name = name
     module.in_channels = in_channels
     return module, dim
+
+
+def vit_config_of(module: nn.Module) -> dict[str, Any] | None:
+    """A ViT backbone's architecture as a plain dict (what ``build_backbone(vit=...)`` takes), else None;
+    what files that rebuild a model by name store beside the name."""
+    return module.config.as_dict() if isinstance(module, VisionTransformer) else None
 
 
 def default_backbone_for(height: int, width: int) -> BackboneName:

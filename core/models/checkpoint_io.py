@@ -15,7 +15,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +49,34 @@ def name_keys(keys: Sequence[str]) -> str:
     shown = ", ".join(keys[:_MAX_NAMED_KEYS])
     more = len(keys) - _MAX_NAMED_KEYS
     return f"{len(keys)} key(s): {shown}" + (f" (+{more} more)" if more > 0 else "")
+
+
+def key_problems(
+    expected: Mapping[str, Sequence[int]],
+    sd: Mapping[str, torch.Tensor],
+    *,
+    file_name: Callable[[str], str] | None = None,
+) -> list[str]:
+    """Missing, unexpected and wrong-shape keys of ``sd`` against ``expected`` (key -> shape), each
+    kind as one phrase naming its keys as the file names them (``file_name``: our key -> the
+    file's, for renamed layouts). A missing BatchNorm ``num_batches_tracked`` is no problem: older
+    PyTorch versions did not save it and inference does not read it."""
+    name = file_name or str
+    missing = [name(k) for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [name(k) for k in sd if k not in expected]
+    wrong = [
+        f"{name(k)} {tuple(sd[k].shape)} (expected {tuple(shape)})"
+        for k, shape in expected.items()
+        if k in sd and tuple(sd[k].shape) != tuple(shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {name_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {name_keys(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shape for {name_keys(wrong)}")
+    return problems
 
 
 def _weights_only_detail(err: BaseException) -> str:

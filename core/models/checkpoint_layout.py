@@ -2,6 +2,10 @@
 
 Accepted state dicts follow SCAN's layout: ``backbone.* + cluster_head.<i>.*`` (clustering; SCAN's
 ``scan_*``/``selflabel_*`` files) or ``backbone.* + contrastive_head.*`` (embedding; ``simclr_*``).
+A Vision Transformer (torchvision, timm or DINOv2 names, core.models.vit_layout) may be the
+backbone, or the whole file: a bare ViT, or ``backbone.*`` ViT keys alone, is an embedding model
+without a projection head whose embedding is the class token after the final norm. ViT files are
+checked key by key at inspection; ResNet files when a job loads them.
 
 Some backbones cannot be told apart by their weights: SCAN's CIFAR and STL-10 ResNet-18s have the
 same parameters and differ only in pooling. For those the variant comes from a statement (the
@@ -21,11 +25,23 @@ from typing import Any, Literal
 import torch
 
 from core.errors import CoreInputError
-from core.models.backbones import check_input_size, scan_variant_for
+from core.models.backbones import VIT, ModelBackbone, check_input_size, scan_variant_for
 from core.models.checkpoint_io import FIELD, RawCheckpoint, name_keys, read_checkpoint
 from core.models.normalisation import check_stats, from_spec
 from core.models.statement import CheckpointStatement
+from core.models.vit_layout import (
+    BACKBONE_PREFIX,
+    HEAD_PREFIXES,
+    check_keys,
+    key_report,
+    read_config,
+    split_backbone,
+    to_native,
+    vit_facts,
+    vit_layout,
+)
 from core.spec import BackboneName
+from core.spec.common import NormalisationSpec
 
 CheckpointKind = Literal["clustering", "embedding"]
 BackboneSource = Literal["keys", "metadata", "upload", "image_size"]
@@ -34,6 +50,8 @@ _HEAD_KEY = re.compile(r"^cluster_head\.(\d+)\.(weight|bias)$")
 _SAME_WEIGHTS: dict[BackboneName, tuple[BackboneName, ...]] = {
     "resnet18_cifar": ("resnet18_cifar", "resnet18_stl"),
 }
+# torchvision's, timm's and DINOv2's ViT weights are trained on ImageNet-normalised inputs.
+VIT_NORMALISATION = "imagenet"
 
 
 @dataclass(frozen=True)
@@ -60,8 +78,12 @@ class CheckpointInfo:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     backbone_source: BackboneSource = "keys"
-    backbone_candidates: tuple[BackboneName, ...] = ()
+    backbone_candidates: tuple[ModelBackbone, ...] = ()
     normalisation: dict[str, Any] | None = None
+    projection_head: bool | None = None
+    vit: dict[str, Any] | None = None
+    keys: dict[str, Any] | None = None
+    layout_normalisation: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable facts (for the API's checkpoint record)."""
@@ -188,8 +210,8 @@ def _clustering_facts(
 
 
 def _stated_backbone(
-    candidates: tuple[BackboneName, ...], metadata: Mapping[str, str], stated: BackboneName | None
-) -> tuple[BackboneName, BackboneSource]:
+    candidates: tuple[ModelBackbone, ...], metadata: Mapping[str, str], stated: BackboneName | None
+) -> tuple[ModelBackbone, BackboneSource]:
     """The backbone among ``candidates`` that the file's metadata or the upload states."""
     meta = metadata.get("backbone")
     if meta is not None and meta not in candidates:
@@ -217,7 +239,10 @@ def _no_dataset_here() -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def _stated_normalisation(
-    statement: CheckpointStatement, metadata_stats: tuple[tuple[float, ...], ...] | None, in_channels: int
+    statement: CheckpointStatement,
+    metadata_stats: tuple[tuple[float, ...], ...] | None,
+    in_channels: int,
+    layout_preset: str | None,
 ) -> dict[str, Any] | None:
     if statement.normalisation is not None:
         if statement.normalisation.preset == "dataset":
@@ -233,44 +258,83 @@ def _stated_normalisation(
     if metadata_stats is not None:
         mean, std = metadata_stats
         return {"preset": None, "mean": list(mean), "std": list(std), "source": "checkpoint_metadata"}
+    if layout_preset is not None:
+        spec = NormalisationSpec(preset=layout_preset)  # type: ignore[arg-type]
+        return from_spec(
+            spec, "checkpoint_layout", channels=in_channels, field="", dataset_stats=_no_dataset_here
+        ).as_dict()
     return None
+
+
+@dataclass(frozen=True)
+class _Backbone:
+    detected: ModelBackbone
+    in_channels: int
+    dim: int
+    vit: dict[str, Any] | None = None
+    keys: dict[str, Any] | None = None
+
+
+def _backbone_facts(bb: Mapping[str, torch.Tensor], metadata: Mapping[str, str], prefix: str) -> _Backbone:
+    layout = vit_layout(bb)
+    if layout is None:
+        detected, in_channels = _detect_backbone(bb)
+        return _Backbone(detected, in_channels, {"resnet50": 2048, "small_cnn": 128}.get(detected, 512))
+    state = to_native(bb, layout, prefix=prefix)
+    config, heads_source = read_config(state, metadata)
+    check_keys(state, config)
+    return _Backbone(
+        VIT, config.in_channels, config.dim, vit_facts(state, config, heads_source), key_report(state)
+    )
+
+
+def _heads_and_kind(
+    sd: Mapping[str, torch.Tensor], wrapped: bool, is_vit: bool
+) -> tuple[list[str], list[str], CheckpointKind]:
+    head_keys = [k for k in sd if k.startswith("cluster_head.")] if wrapped else []
+    proj_keys = [k for k in sd if k.startswith("contrastive_head.")] if wrapped else []
+    if head_keys and proj_keys:
+        raise CoreInputError(
+            FIELD, "has both cluster_head.* and contrastive_head.* keys; cannot tell its kind"
+        )
+    if not head_keys and not proj_keys and not is_vit:
+        raise CoreInputError(
+            FIELD,
+            "neither cluster_head.* (clustering model) nor contrastive_head.* (embedding model) keys found",
+        )
+    return head_keys, proj_keys, "clustering" if head_keys else "embedding"
 
 
 def analyse_checkpoint(raw: RawCheckpoint, statement: CheckpointStatement | None = None) -> CheckpointInfo:
     """Facts of a read checkpoint, checked against its metadata and the upload's ``statement``."""
     statement = statement or CheckpointStatement()
     sd = raw.state_dict
-    bb = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
-    head_keys = [k for k in sd if k.startswith("cluster_head.")]
-    proj_keys = [k for k in sd if k.startswith("contrastive_head.")]
+    bb, wrapped = split_backbone(sd)
     if not bb:
         raise CoreInputError(
             FIELD,
             "no backbone.* keys: expected SCAN's layout (backbone.*, cluster_head.<i>.* or "
-            f"contrastive_head.*); found {name_keys(sorted(sd))}",
+            "contrastive_head.*) or a torchvision / timm / DINOv2 ViT; found "
+            f"{name_keys(sorted(sd))}",
         )
-    if head_keys and proj_keys:
-        raise CoreInputError(
-            FIELD, "has both cluster_head.* and contrastive_head.* keys; cannot tell its kind"
-        )
-    if not head_keys and not proj_keys:
-        raise CoreInputError(
-            FIELD,
-            "neither cluster_head.* (clustering model) nor contrastive_head.* (embedding model) keys found",
-        )
-    detected, in_channels = _detect_backbone(bb)
+    if wrapped and vit_layout(bb) is not None:
+        extra = [k for k in sd if not k.startswith((BACKBONE_PREFIX, *HEAD_PREFIXES))]
+        if extra:
+            raise CoreInputError(FIELD, f"unexpected {name_keys(extra)} beside the ViT backbone")
+    head_keys, proj_keys, found_kind = _heads_and_kind(sd, wrapped, vit_layout(bb) is not None)
+    backbone_facts = _backbone_facts(bb, raw.metadata, BACKBONE_PREFIX if wrapped else "")
+    detected, in_channels, dim = backbone_facts.detected, backbone_facts.in_channels, backbone_facts.dim
     if in_channels not in (1, 3):
         raise CoreInputError(FIELD, f"backbone input channels must be 1 or 3, found {in_channels}")
     kind = raw.metadata.get("kind")
-    found_kind = "embedding" if proj_keys else "clustering"
     if kind is not None and kind != found_kind:
         raise CoreInputError(
             f"{FIELD}.metadata.kind", f"says {kind!r} but the tensors are a {found_kind!r} model"
         )
-    candidates = _SAME_WEIGHTS.get(detected, (detected,))
+    candidates = _SAME_WEIGHTS.get(detected, (detected,))  # type: ignore[call-overload]
     backbone, source = _stated_backbone(candidates, raw.metadata, statement.backbone)
-    dim = {"resnet50": 2048, "small_cnn": 128}.get(detected, 512)
     stats = _metadata_stats(raw.metadata, in_channels)
+    layout_preset = VIT_NORMALISATION if detected == VIT and in_channels == 3 else None
     common: dict[str, Any] = {
         "backbone": backbone,
         "in_channels": in_channels,
@@ -279,12 +343,21 @@ def analyse_checkpoint(raw: RawCheckpoint, statement: CheckpointStatement | None
         "std": stats[1] if stats else None,
         "backbone_source": source,
         "backbone_candidates": candidates,
-        "normalisation": _stated_normalisation(statement, stats, in_channels),
+        "normalisation": _stated_normalisation(statement, stats, in_channels, layout_preset),
+        "vit": backbone_facts.vit,
+        "keys": backbone_facts.keys,
+        "layout_normalisation": layout_preset,
     }
-    if proj_keys:
-        features_dim = _embedding_facts(sd, proj_keys, detected, dim)
+    if found_kind == "embedding":
+        features_dim = _embedding_facts(sd, proj_keys, detected, dim) if proj_keys else dim
         return CheckpointInfo(
-            "embedding", num_clusters=None, nheads=0, head=0, features_dim=features_dim, **common
+            "embedding",
+            num_clusters=None,
+            nheads=0,
+            head=0,
+            features_dim=features_dim,
+            projection_head=bool(proj_keys),
+            **common,
         )
     k, nheads, head = _clustering_facts(sd, head_keys, detected, dim, raw.file_head)
     return CheckpointInfo("clustering", num_clusters=k, nheads=nheads, head=head, features_dim=None, **common)
@@ -306,7 +379,7 @@ def choose_backbone(
     height: int,
     width: int,
     field: str,
-) -> tuple[BackboneName, str]:
+) -> tuple[ModelBackbone, str]:
     """The backbone a job builds for this checkpoint and what decided it: ``spec`` (the job's
     ``base.backbone``, which must fit the weights), the file's statement (``upload``/``metadata``),
     ``keys`` (unambiguous), else ``image_size``. Raises CoreInputError naming ``base.backbone`` or

@@ -1,8 +1,9 @@
 """Loading uploaded checkpoints into our models, and safetensors export.
 
 Reading files safely lives in core.models.checkpoint_io, telling what a file holds in
-core.models.checkpoint_layout; this module builds the model the facts describe and loads the weights
-strictly. Both names are re-exported here, the package's entry point for checkpoints.
+core.models.checkpoint_layout (ViTs: core.models.vit_layout); this module builds the model the facts
+describe and loads the weights strictly, renamed to our keys. Both names are re-exported here, the
+package's entry point for checkpoints.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import torch
 from torch import nn
 
 from core.errors import CoreInputError
-from core.models.backbones import BACKBONE_NAMES, build_backbone
+from core.models.backbones import BACKBONE_NAMES, VIT, build_backbone, vit_config_of
 from core.models.checkpoint_io import (
     FIELD,
     SAFETENSORS_SUFFIX,
     TORCH_SUFFIXES,
     RawCheckpoint,
-    name_keys,
+    key_problems,
     read_checkpoint,
 )
 from core.models.checkpoint_layout import (
@@ -33,6 +34,8 @@ from core.models.checkpoint_layout import (
 )
 from core.models.heads import ClusteringModel, EmbeddingModel
 from core.models.statement import CheckpointStatement
+from core.models.vit_layout import model_state_dict
+from core.spec.common import NORMALISATION_PRESETS
 
 __all__ = [
     "SAFETENSORS_SUFFIX",
@@ -50,23 +53,9 @@ Stats = Sequence[float] | float | None
 
 
 def _load_state(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
-    """Strict load with every mismatch named; missing BatchNorm ``num_batches_tracked`` is tolerated
-    (older PyTorch versions did not save it and it does not affect inference)."""
+    """Strict load with every mismatch named (``key_problems``), values checked finite."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [
-        f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in sd and sd[k].shape != v.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {name_keys(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {name_keys(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shape for {name_keys(wrong)}")
+    problems = key_problems({k: v.shape for k, v in expected.items()}, sd)
     if problems:
         raise CoreInputError(FIELD, "does not match the detected architecture: " + "; ".join(problems))
     converted: dict[str, torch.Tensor] = {}
@@ -104,16 +93,29 @@ def _read(
     return raw, info
 
 
-def _backbone_for(info: CheckpointInfo, backbone: str | None) -> str:
-    """The job's choice among the backbones the weights fit (``backbone``), else the file's own."""
+def _backbone_for(info: CheckpointInfo, backbone: str | None) -> tuple[nn.Module, int]:
+    """A fresh backbone of the job's choice among those the weights fit (``backbone``), else of the
+    file's own; a ViT with the architecture its tensors describe."""
     candidates = info.backbone_candidates or (info.backbone,)
-    if backbone is None:
-        return info.backbone
-    if backbone not in candidates:
+    name = info.backbone if backbone is None else backbone
+    if name not in candidates:
         raise CoreInputError(
             "backbone", f"the job expects {backbone!r} but the checkpoint holds {info.backbone!r}"
         )
-    return backbone
+    return build_backbone(name, in_channels=info.in_channels, vit=info.vit)  # type: ignore[arg-type]
+
+
+def _stats(info: CheckpointInfo, mean: Stats, std: Stats) -> dict[str, Stats]:
+    """The caller's mean/std, else the file's metadata, else the layout's preset (None: defaults)."""
+    own: tuple[Stats, Stats] = (info.mean, info.std)
+    if info.mean is None and info.layout_normalisation is not None:
+        own = NORMALISATION_PRESETS[info.layout_normalisation]
+    return {"mean": mean if mean is not None else own[0], "std": std if std is not None else own[1]}
+
+
+def _file_state(raw: RawCheckpoint, info: CheckpointInfo) -> dict[str, torch.Tensor]:
+    """The file's tensors under our models' keys."""
+    return raw.state_dict if info.vit is None else model_state_dict(raw.state_dict, info.vit["layout"])
 
 
 def load_clustering_model(
@@ -131,10 +133,11 @@ def load_clustering_model(
     ``num_clusters`` (when not None) is the job's expectation and ``backbone`` its choice among the
     backbones the weights fit (e.g. resnet18_cifar or resnet18_stl; None: the stated one, else the
     first); a mismatch is a CoreInputError naming both. ``mean``/``std`` set the normalisation
-    (default: the file's metadata, else 0.5/0.25). Returns a model in eval mode with ``nheads == 1``.
+    (default: the file's metadata, else its layout's preset (a ViT: ImageNet's), else 0.5/0.25).
+    Returns a model in eval mode with ``nheads == 1``.
     """
     raw, info = _read(path, "clustering", statement)
-    name = _backbone_for(info, backbone)
+    net, dim = _backbone_for(info, backbone)
     if num_clusters is not None and num_clusters != info.num_clusters:
         raise CoreInputError(
             "num_clusters",
@@ -147,17 +150,15 @@ def load_clustering_model(
             f"head {selected} is out of range: the checkpoint has {info.nheads} head(s) "
             f"(0..{info.nheads - 1})",
         )
-    net, dim = build_backbone(name, in_channels=info.in_channels)  # type: ignore[arg-type]
     assert info.num_clusters is not None
     model = ClusteringModel(
         net,
         dim,
         info.num_clusters,
         nheads=info.nheads,
-        mean=mean if mean is not None else info.mean,
-        std=std if std is not None else info.std,
+        **_stats(info, mean, std),
     )
-    _load_state(model, raw.state_dict)
+    _load_state(model, _file_state(raw, info))
     model.cluster_head = nn.ModuleList([model.cluster_head[selected]])
     model.nheads = 1
     model.active_head = 0
@@ -172,26 +173,26 @@ def load_embedding_model(
     std: Stats = None,
     statement: CheckpointStatement | None = None,
 ) -> EmbeddingModel:
-    """Load an embedding (SimCLR-layout) checkpoint; returns an EmbeddingModel in eval mode.
-    ``backbone``, ``mean``, ``std`` as for ``load_clustering_model``."""
+    """Load an embedding checkpoint (SimCLR layout, or a bare ViT without a projection head); returns
+    an EmbeddingModel in eval mode. ``backbone``, ``mean``, ``std`` as for ``load_clustering_model``."""
     raw, info = _read(path, "embedding", statement)
-    name = _backbone_for(info, backbone)
-    net, dim = build_backbone(name, in_channels=info.in_channels)  # type: ignore[arg-type]
+    net, dim = _backbone_for(info, backbone)
     assert info.features_dim is not None
     model = EmbeddingModel(
         net,
         dim,
         features_dim=info.features_dim,
-        mean=mean if mean is not None else info.mean,
-        std=std if std is not None else info.std,
+        projection=info.projection_head is not False,
+        **_stats(info, mean, std),
     )
-    _load_state(model, raw.state_dict)
+    _load_state(model, _file_state(raw, info))
     return model.eval()
 
 
 def save_safetensors(model: ClusteringModel | EmbeddingModel, path: Path) -> None:
     """Write the state dict (contiguous CPU tensors) and metadata (kind, backbone, num_clusters, nheads,
-    head, in_channels, mean, std) to ``path``; ``load_*_model`` reads it back."""
+    head, in_channels, mean, std; a ViT's num_heads, which its weights do not tell) to ``path``;
+    ``load_*_model`` reads it back."""
     from safetensors.torch import save_file
 
     if isinstance(model, ClusteringModel):
@@ -201,8 +202,8 @@ def save_safetensors(model: ClusteringModel | EmbeddingModel, path: Path) -> Non
     else:
         raise TypeError(f"expected ClusteringModel or EmbeddingModel, got {type(model).__name__}")
     backbone = model.backbone_name
-    if backbone not in BACKBONE_NAMES:
-        raise ValueError(f"model.backbone_name must be one of {BACKBONE_NAMES}, got {backbone!r}")
+    if backbone not in (*BACKBONE_NAMES, VIT):
+        raise ValueError(f"model.backbone_name must be one of {BACKBONE_NAMES} or vit, got {backbone!r}")
     metadata = {
         "format": "ruc-service",
         "kind": kind,
@@ -212,6 +213,9 @@ def save_safetensors(model: ClusteringModel | EmbeddingModel, path: Path) -> Non
         "mean": json.dumps(model.mean.flatten().tolist()),
         "std": json.dumps(model.std.flatten().tolist()),
     }
+    vit = vit_config_of(model.backbone)
+    if vit is not None:
+        metadata["num_heads"] = str(vit["heads"])
     if isinstance(model, ClusteringModel):
         metadata["nheads"] = str(model.nheads)
         metadata["head"] = str(model.active_head)

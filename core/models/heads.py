@@ -100,7 +100,9 @@ class ClusteringModel(_Normalised):
 
 
 class EmbeddingModel(_Normalised):
-    """Backbone + SCAN's SimCLR ``mlp`` head: Linear(D, D), ReLU, Linear(D, features_dim).
+    """Backbone + SCAN's SimCLR ``mlp`` head: Linear(D, D), ReLU, Linear(D, features_dim); with
+    ``projection=False`` no head (``contrastive_head`` is the identity, features_dim = D), as for a
+    bare ViT whose embedding is its backbone feature.
 
     ``forward``: (B, C, H, W) in [0, 1] -> (B, features_dim), rows L2-normalised.
     """
@@ -111,16 +113,21 @@ class EmbeddingModel(_Normalised):
         backbone_dim: int,
         *,
         features_dim: int = 128,
+        projection: bool = True,
         mean: Sequence[float] | float | None = None,
         std: Sequence[float] | float | None = None,
     ) -> None:
         super().__init__(mean, std)
         self.backbone = backbone
         self.backbone_dim = backbone_dim
-        self.features_dim = features_dim
+        self.features_dim = features_dim if projection else backbone_dim
         self.backbone_name: str | None = getattr(backbone, "backbone_name", None)
-        self.contrastive_head = nn.Sequential(
-            nn.Linear(backbone_dim, backbone_dim), nn.ReLU(), nn.Linear(backbone_dim, features_dim)
+        self.contrastive_head: nn.Module = (
+            nn.Sequential(
+                nn.Linear(backbone_dim, backbone_dim), nn.ReLU(), nn.Linear(backbone_dim, features_dim)
+            )
+            if projection
+            else nn.Identity()
         )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

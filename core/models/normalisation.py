@@ -3,7 +3,8 @@
 SCAN trains every model with its data set's statistics (core.spec.common.NORMALISATION_PRESETS), so a
 checkpoint read with other values sees shifted inputs and every confidence moves. Precedence, highest
 first: the job spec (``base.normalisation``), the upload's statement, the file's own metadata (our
-safetensors exports), the dataset's per-channel statistics.
+safetensors exports), the checkpoint layout's own (ImageNet's for torchvision, timm and DINOv2 ViTs),
+the dataset's per-channel statistics.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from core.errors import CoreInputError
 from core.spec.common import NORMALISATION_PRESETS, NormalisationSpec
 
-NormalisationSource = Literal["spec", "upload", "checkpoint_metadata", "dataset"]
+NormalisationSource = Literal["spec", "upload", "checkpoint_metadata", "checkpoint_layout", "dataset"]
 # Dataset statistics: uint8 images are summed this many at a time (float64 per chunk), so the
 # memory beyond the images themselves is one chunk's float copy whatever N is.
 STATS_CHUNK_IMAGES = 4096
@@ -121,13 +122,14 @@ def resolve_normalisation(
     metadata: tuple[tuple[float, ...], tuple[float, ...]] | None,
     channels: int,
     dataset_stats: Callable[[], tuple[tuple[float, ...], tuple[float, ...]]],
+    layout: str | None = None,
     spec_field: str = "base.normalisation",
     upload_field: str = "normalisation",
 ) -> Normalisation:
     """The normalisation a network gets, highest first: ``spec`` (the job's), ``upload`` (the
-    checkpoint upload's statement), ``metadata`` (the file's own mean/std), the dataset's statistics
-    (``dataset_stats()``, called only when needed). Raises CoreInputError naming the field whose
-    values do not fit ``channels``."""
+    checkpoint upload's statement), ``metadata`` (the file's own mean/std), ``layout`` (the preset
+    the checkpoint's layout is trained with), the dataset's statistics (``dataset_stats()``, called
+    only when needed). Raises CoreInputError naming the field whose values do not fit ``channels``."""
     common = {"channels": channels, "dataset_stats": dataset_stats}
     if spec is not None:
         return from_spec(spec, "spec", field=spec_field, **common)  # type: ignore[arg-type]
@@ -136,5 +138,9 @@ def resolve_normalisation(
     if metadata is not None:
         mean, std = check_stats(*metadata, channels=channels, field="checkpoint.metadata")
         return Normalisation(mean, std, "checkpoint_metadata")
+    if layout is not None:
+        mean, std = NORMALISATION_PRESETS[layout]
+        if len(mean) == channels:
+            return Normalisation(mean, std, "checkpoint_layout", layout)
     mean, std = dataset_stats()
     return Normalisation(mean, std, "dataset", "dataset")

@@ -20,7 +20,7 @@ import torch
 
 from core.atomic import atomic_write_bytes
 from core.errors import CoreInputError
-from core.models import ClusteringModel, build_backbone
+from core.models import ClusteringModel, build_backbone, vit_config_of
 from core.ruc import RucOutput
 from core.spec import JobSpec
 
@@ -87,6 +87,9 @@ def save_ensemble(ruc: RucOutput, base_model: ClusteringModel, spec: JobSpec, pa
         "base_backbone": str(base_model.backbone_name),
         "spec": spec.model_dump_json(),
     }
+    vit = vit_config_of(first.backbone)
+    if vit is not None:
+        metadata["vit"] = json.dumps(vit)
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
@@ -103,7 +106,11 @@ def load_ensemble(path: Path, *, device: str | torch.device = "cpu") -> tuple[Cl
     for i in range(int(meta["nets"])):
         prefix = f"net{i + 1}."
         sd = {key[len(prefix) :]: v for key, v in tensors.items() if key.startswith(prefix)}
-        bb, dim = build_backbone(meta["backbone"], in_channels=int(meta["in_channels"]))  # type: ignore[arg-type]
+        bb, dim = build_backbone(
+            meta["backbone"],  # type: ignore[arg-type]
+            in_channels=int(meta["in_channels"]),
+            vit=json.loads(meta["vit"]) if "vit" in meta else None,
+        )
         net = ClusteringModel(
             bb, dim, int(meta["num_clusters"]), mean=json.loads(meta["mean"]), std=json.loads(meta["std"])
         )

@@ -16,7 +16,7 @@ import torch
 from core.atomic import atomic_torch_save
 from core.clustering.base import BaseOutput
 from core.datasets import ImageDataset
-from core.models import ClusteringModel, build_backbone
+from core.models import ClusteringModel, build_backbone, vit_config_of
 from core.pipeline.artifacts import json_safe
 from core.spec import JobSpec
 
@@ -52,6 +52,7 @@ def save_base(base: BaseOutput, path: Path, fingerprint: str) -> None:
             "version": BASE_CACHE_VERSION,
             "fingerprint": fingerprint,
             "backbone": m.backbone_name,
+            "vit": vit_config_of(m.backbone),
             "in_channels": int(getattr(m.backbone, "in_channels", 0)),
             "backbone_dim": int(m.backbone_dim),
             "num_clusters": int(m.num_clusters),
@@ -81,7 +82,7 @@ def load_base(path: Path, fingerprint: str, device: torch.device) -> BaseOutput 
         or d.get("fingerprint") != fingerprint
     ):
         return None
-    backbone, dim = build_backbone(d["backbone"], in_channels=d["in_channels"])
+    backbone, dim = build_backbone(d["backbone"], in_channels=d["in_channels"], vit=d.get("vit"))
     model = ClusteringModel(backbone, dim, d["num_clusters"], mean=d["mean"], std=d["std"])
     model.load_state_dict(d["state_dict"])
     model = model.to(device).eval()

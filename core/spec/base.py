@@ -39,13 +39,15 @@ class BaseSpec(_Spec):
         description="Backbone of the base network when none is uploaded (default: chosen by image size). "
         "With an uploaded checkpoint it must match the file's layout and picks the variant where the "
         "weights cannot tell: SCAN's resnet18_cifar and resnet18_stl share every parameter (default: the "
-        "upload's statement, else resnet18_stl for 96-111 px images and resnet18_cifar otherwise).",
+        "upload's statement, else resnet18_stl for 96-111 px images and resnet18_cifar otherwise). A ViT "
+        "checkpoint's architecture comes from its weights: leave this out for one.",
     )
     normalisation: NormalisationSpec | None = Field(
         default=None,
         description="Input normalisation of every network the base stage builds or loads (RUC's networks "
         "copy it): a preset (cifar10, cifar20, stl10, imagenet, dataset) or mean/std lists. Default: the "
-        "uploaded checkpoint's statement, else the dataset's own per-channel statistics.",
+        "uploaded checkpoint's statement, else its file's metadata, else imagenet for a ViT checkpoint, "
+        "else the dataset's own per-channel statistics.",
     )
     pca_dim: int = Field(default=50, ge=2, le=4096, description="k-means on raw pixels: PCA dimension.")
     kmeans_restarts: int = Field(

@@ -3,6 +3,8 @@ change; its constants agree with the real backbones (the one place a test may lo
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from api_support import Keys, ready_dataset, submit
 from fastapi.testclient import TestClient
@@ -13,6 +15,8 @@ from api.memory_estimate import (
     GiB,
     default_backbone,
     estimate_job_memory,
+    vit_activation_bytes,
+    vit_tokens,
 )
 from core.spec import JobSpec
 from service.settings import Settings
@@ -73,3 +77,49 @@ def test_constants_match_the_real_backbones() -> None:
     for side in (8, 16, 17, 32, 64, 65, 96, 224):
         assert default_backbone(side, side) == default_backbone_for(side, side)
     del torch
+
+
+def _saved_bytes_per_image(model: Any, x: Any) -> float:
+    """Bytes of the tensors a training forward of ``model`` saves for backward (weights excluded)."""
+    import torch
+
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum()
+    return sum(saved.values()) / x.shape[0]
+
+
+def test_vit_terms_match_the_real_model() -> None:
+    """A ViT checkpoint's parameters, tokens and saved activations as the estimate computes them
+    from its ``vit`` facts, against core.models.vit measured with autograd's saved-tensor hooks."""
+    torch = pytest.importorskip("torch")
+    from core.models import VisionTransformer, ViTConfig, input_plan
+    from core.models.vit import parameter_count
+
+    configs = (
+        ViTConfig(patch_size=8, dim=128, depth=2, heads=2, mlp_dim=512, grid=4),
+        ViTConfig(
+            patch_size=14, dim=192, depth=2, heads=3, mlp_dim=384, grid=4, registers=4, layer_scale=True
+        ),
+    )
+    for config in configs:
+        model = VisionTransformer(config).train()
+        facts = {**config.as_dict(), "parameters": parameter_count(config)}
+        assert facts["parameters"] == sum(p.numel() for p in model.parameters())
+        for height, width in ((32, 32), (45, 60), (96, 96)):
+            assert vit_tokens(facts, height, width)[0] == input_plan(config, height, width)["tokens"]
+            measured = _saved_bytes_per_image(model, torch.rand(2, 3, height, width))
+            estimated = vit_activation_bytes(facts, height, width)
+            print(
+                f"ViT {config.dim}x{config.depth}, {height}x{width} px: saved {measured:.0f} B/image, "
+                f"estimated {estimated}"
+            )
+            assert measured <= estimated <= 1.15 * measured
