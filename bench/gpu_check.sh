@@ -34,7 +34,7 @@ if [ "$mode" = gpu ]; then
 else
     # One intra-op thread per process: the API, two workers and this script share the CPU.
     export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-    job_args=(--n 300 --backbone small_cnn --epochs 1 --attack-samples 100)
+    job_args=(--n 300 --backbone small_cnn --epochs 1 --fit-epochs 3 --attack-samples 100)
     epoch_args=(--n 200 --batch 50 --device cpu --backbone small_cnn --variants fp32 --variant-steps 1)
     kmeans_args=(--n 2000 --d 32 --k 10 --restarts 1 --iters 10 --threads 1 --no-faiss)
 fi

@@ -57,7 +57,7 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "num_clusters": args.classes,
         "seed": 0,
-        "base": {"backbone": args.backbone},
+        "base": {"backbone": args.backbone, **({"fit_epochs": args.fit_epochs} if args.fit_epochs else {})},
         "refine": {"epochs": args.epochs},
         "evaluate": {
             "attacks": [{"kind": "fgsm", "eps": [8 / 255]}],
@@ -73,6 +73,7 @@ def main() -> int:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--backbone", default="resnet18_cifar")
     ap.add_argument("--epochs", type=int, default=2, help="RUC epochs")
+    ap.add_argument("--fit-epochs", type=int, default=None, help="base network epochs (default: the spec's)")
     ap.add_argument("--attack-samples", type=int, default=1000)
     add_summary_argument(ap)
     args = ap.parse_args()
