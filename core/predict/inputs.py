@@ -8,7 +8,9 @@ No torch here: the API applies these rules to an ``.npz`` header before the uplo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.datasets.limits import MIB, ArchiveLimits
 from core.datasets.npz_header import images_header
@@ -19,6 +21,25 @@ IMAGES_FIELD = "images"
 SPARE_MEMBERS = 1024
 # A header, labels or class names may sit beside the images in an .npz.
 SPARE_BYTES = 16 * MIB
+
+
+@dataclass(frozen=True)
+class JobImages:
+    """What a prediction request must match, read from the job's result: the images' (H, W, C), the
+    cluster count K, and how many images one request may hold."""
+
+    image_shape: tuple[int, int, int]
+    num_clusters: int
+    max_images: int
+
+
+def job_images(result: dict[str, Any], *, max_images: int, max_values: int) -> JobImages:
+    """From a succeeded job's result: its dataset's image shape and K. ``max_values`` bounds images x K
+    (the probabilities a request returns), so the request limit is min(max_images, max_values // K)."""
+    facts = result["dataset"]
+    k = len(result["refined"]["cluster_sizes"])
+    shape = (int(facts["height"]), int(facts["width"]), int(facts["channels"]))
+    return JobImages(shape, k, max(1, min(max_images, max_values // max(k, 1))))
 
 
 def check_prediction_shape(
