@@ -51,6 +51,11 @@ def celery_argv(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from worker.celery_app import app
 
+    if PREDICT_QUEUE in {q.strip() for q in args.queues.split(",")}:
+        # Before the pool forks: every child then starts with torch and the predictor loaded, so a
+        # client waiting on the first prediction does not wait for that import (seconds on 2 cores).
+        import core.predict.predictor  # noqa: F401
+
     # Log lines reach `ruc-service up`'s terminal as they happen, not when a buffer fills.
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app.worker_main(argv=celery_argv(args))
