@@ -15,6 +15,7 @@ import logging
 import time
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -161,7 +162,11 @@ async def await_outcome(settings: Settings, row: Prediction) -> Prediction:
             break
         await asyncio.sleep(min(delay, left))
         delay = min(delay * 1.5, MAX_POLL_SECONDS)
-        row = await run_in_threadpool(_read, settings, row.id) or row
+        try:
+            row = await run_in_threadpool(_read, settings, row.id) or row
+        except SQLAlchemyError:  # the request is queued all the same: answer 202, the client polls
+            log.warning("prediction %s: database unavailable while waiting; answering 202", row.id)
+            break
     return row
 
 

@@ -36,12 +36,16 @@ def job(services: Services, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     """A 1-epoch job on 300 digits, its images and the refined clusters of its assignments.csv."""
     content = digits_npz(n=N_IMAGES)
     images = np.load(io.BytesIO(content))["images"]
+    t0 = time.monotonic()
     with Client(services.base_url, services.key) as client:
         ds = client.wait_dataset(client.upload_dataset(content, filename="digits.npz").id, timeout_s=90)
         assert ds.status == "ready", ds.reason
+        t1 = time.monotonic()
         submitted = client.submit_job(small_spec(ds.id, epochs=1))
         done = client.wait(submitted.id, timeout_s=300, progress=False, updates=poll_job(interval_s=0.3))
         assert done.status == "succeeded", (done.error_code, done.error)
+        timings = client.get_result(done.id)["timings"]
+        print(f"dataset ready in {t1 - t0:.1f} s, job in {time.monotonic() - t1:.1f} s (stages: {timings})")
         names = {a.name for a in client.list_artifacts(done.id)}
         csv_path = client.download_artifact(
             done.id, "assignments.csv", tmp_path_factory.mktemp("a") / "a.csv"
