@@ -1,10 +1,12 @@
-"""core.predict on a real (small) job: the Predictor assigns the job's own images exactly as the job
-did, in any order and batch, from an .npz or an archive alike; it refuses images of another kind;
-model.onnx under onnxruntime gives the torch model's clusters and probabilities."""
+"""core.predict on a real (small) refinement: the saved ensemble's Predictor assigns the run's own
+images exactly as the run did, in any order and batch, from an .npz or an archive alike, also after
+the job's evaluation attacked it; it refuses images of another kind; model.onnx under onnxruntime
+gives the torch model's clusters and probabilities. (The whole job, assignments.csv included, is
+tests/integration/test_predictions.py's.)"""
 
 from __future__ import annotations
 
-import csv
+import copy
 import dataclasses
 import io
 import zipfile
@@ -18,47 +20,76 @@ from PIL import Image
 
 from core.datasets import ImageDataset, load_dataset
 from core.errors import CoreInputError
-from core.pipeline import ONNX_NAME, run_job
+from core.hooks import RunHooks
+from core.models import ClusteringModel, build_backbone
+from core.pipeline.artifacts import save_ensemble
+from core.pipeline.context import JobContext
+from core.pipeline.evaluating import attack_subset, evaluate_run
 from core.predict.inputs import prediction_limits
+from core.predict.onnx_export import export_onnx
 from core.predict.predictor import Predictor
+from core.ruc import train_ruc
 from core.spec import JobSpec
 
-N = 200
+N, K = 200, 10
 
 
 @pytest.fixture(scope="module")
 def job(digits_dataset: ImageDataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A 1-epoch job on 200 digits; batch 64 makes the job's inference chunks 64, 64, 64 and 8."""
+    """One RUC epoch on 200 digits from noisy labels, evaluated (attacked) and saved as a job does.
+
+    Batch 64 makes the run's inference chunks 64, 64, 64 and 8 images.
+    """
     spec = JobSpec.model_validate(
         {
             "dataset_id": "digits",
-            "num_clusters": 10,
-            "seed": 0,
-            "base": {"backbone": "small_cnn", "fit_epochs": 2, "kmeans_restarts": 1, "pca_dim": 20},
-            "refine": {"strategy": "confidence", "confidence_threshold": 0.9, "epochs": 1, "batch_size": 64},
-            "evaluate": {"attacks": [{"kind": "fgsm", "eps": [8 / 255]}], "attack_max_samples": 32},
+            "num_clusters": K,
+            "refine": {"epochs": 1, "batch_size": 64, "lambda_u_rampup_epochs": 1},
+            "evaluate": {"attacks": [{"kind": "fgsm", "eps": [8 / 255]}], "attack_max_samples": 64},
         }
     )
     ds = ImageDataset(images=digits_dataset.images[:N].clone(), labels=digits_dataset.labels[:N].clone())
-    out = run_job(spec, ds, device="cpu", work_dir=tmp_path_factory.mktemp("job"))
-    rows = list(csv.DictReader(out.artifacts["assignments.csv"].read_text().splitlines()))
+    g = torch.Generator().manual_seed(0)
+    pseudo = ds.labels.clone()
+    noisy = torch.rand(N, generator=g) < 0.3
+    pseudo[noisy] = torch.randint(0, K, (int(noisy.sum()),), generator=g)
+    torch.manual_seed(0)
+    backbone, dim = build_backbone("small_cnn", in_channels=1)
+    base = ClusteringModel(backbone, dim, K, mean=0.3, std=0.35)
+    ruc = train_ruc(base, ds.images, pseudo, ~noisy, spec.refine, num_clusters=K, seed=0, device="cpu")
+    trained = [copy.deepcopy(net.state_dict()) for net in ruc.models]
+    folder = tmp_path_factory.mktemp("job")
+    ctx = JobContext(spec, ds, torch.device("cpu"), folder, {}, RunHooks(), resume=False)
+    y = ds.labels.numpy()
+    evaluate_run(ctx, ruc, 0, base_probs=ruc.probs.numpy(), y=y, k=K, attacked=attack_subset(ctx, y))
+    save_ensemble(ruc, base, spec, folder / "ensemble.safetensors", image_shape=(8, 8, 1))
+    export_onnx(ruc.models, folder / "model.onnx", image_shape=(8, 8, 1))
     return {
         "images": ds.images,
-        "artifacts": out.artifacts,
-        "refined": np.array([int(r["refined_cluster"]) for r in rows]),
-        "confidence": np.array([float(r["refined_confidence"]) for r in rows]),
-        "predictor": Predictor.load(out.artifacts["refined_ensemble.safetensors"]),
+        "ruc": ruc,
+        "trained": trained,
+        "onnx": folder / "model.onnx",
+        "predictor": Predictor.load(folder / "ensemble.safetensors"),
     }
 
 
-def test_the_jobs_own_images_get_the_jobs_assignments(job: dict[str, Any], tmp_path: Path) -> None:
+def test_the_jobs_evaluation_leaves_the_ensemble_as_trained(job: dict[str, Any]) -> None:
+    """The attacks must not leave the networks training: BatchNorm statistics would then move on
+    every later forward, and the saved ensemble would no longer give the assignments reported."""
+    for net, before in zip(job["ruc"].models, job["trained"], strict=True):
+        assert not net.training
+        after = net.state_dict()
+        assert all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_the_runs_own_images_get_its_assignments(job: dict[str, Any], tmp_path: Path) -> None:
     predictor: Predictor = job["predictor"]
-    assert predictor.image_shape == (8, 8, 1) and predictor.num_clusters == 10 and predictor.chunk == 64
+    assert predictor.image_shape == (8, 8, 1) and predictor.num_clusters == K and predictor.chunk == 64
     probs = predictor.predict(job["images"])
-    agree = float((probs.argmax(1).numpy() == job["refined"]).mean())
-    print(f"predictions vs assignments.csv on the job's {N} images: {agree:.3f} equal")
-    assert agree == 1.0
-    assert np.abs(probs.max(1).values.numpy() - job["confidence"]).max() <= 5e-7  # the CSV's 6 decimals
+    refined = job["ruc"].probs
+    agree = float((probs.argmax(1) == refined.argmax(1)).float().mean())
+    print(f"predictions vs the run's assignments on its {N} images: {agree:.3f} equal")
+    assert agree == 1.0 and torch.equal(probs, refined)  # the same arithmetic, bit for bit
     # A sample's prediction does not depend on its batch-mates: any subset, in any order, is the same.
     order = torch.randperm(N, generator=torch.Generator().manual_seed(1))[:37]
     assert torch.equal(predictor.predict(job["images"][order]), probs[order])
@@ -101,8 +132,7 @@ def test_images_of_another_kind_are_refused_naming_the_field(job: dict[str, Any]
 def test_model_onnx_gives_the_torch_models_clusters_and_probabilities(job: dict[str, Any]) -> None:
     import onnxruntime as ort
 
-    path = job["artifacts"][ONNX_NAME]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(job["onnx"]), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["images"]
     assert [o.name for o in session.get_outputs()] == ["probabilities", "assignments"]
     images = job["images"]
@@ -112,10 +142,10 @@ def test_model_onnx_gives_the_torch_models_clusters_and_probabilities(job: dict[
     expected = fp32.predict(images).numpy()
     gap = float(np.abs(probs - expected).max())
     same = float((assignments == expected.argmax(1)).mean())
-    as_job = float((assignments == job["refined"]).mean())
+    as_job = float((assignments == job["ruc"].probs.argmax(1).numpy()).mean())
     print(f"model.onnx vs torch float32: max |p - p'| {gap:.2e}, clusters {same:.3f} equal", end="; ")
     print(f"vs the job's own (bf16 where the CPU has it) {as_job:.3f}")
-    assert probs.shape == (N, 10) and assignments.dtype == np.int64
+    assert probs.shape == (N, K) and assignments.dtype == np.int64
     assert gap < 1e-4 and same == 1.0
     assert np.array_equal(assignments, probs.argmax(1))
     single, _ = session.run(None, {"images": images[:1].numpy()})  # any N: the batch axis is dynamic
