@@ -102,14 +102,22 @@ def test_ruc_client_predicts_both_routes_and_names_what_does_not_fit(
             png = io.BytesIO()
             Image.fromarray(images[i, :, :, 0], mode="L").save(png, format="PNG")
             zf.writestr(f"img/{i:02d}.png", png.getvalue())
+    colour = tmp_path / "colour.zip"  # RGB images for a grey job: only the worker can tell
+    with zipfile.ZipFile(colour, "w") as zf:
+        for i in range(3):
+            png = io.BytesIO()
+            Image.new("RGB", (8, 8), (200, 20 * i, 0)).save(png, format="PNG")
+            zf.writestr(f"{i}.png", png.getvalue())
     with Client(services.base_url, services.key) as client:
         few = client.predict(job["id"], archive)
         assert few.status == "succeeded" and few.count == 20
         assert few.assignments == job["refined"][:20]
-        with pytest.raises(ApiError) as err:
-            client.predict(job["id"], _npz(np.zeros((4, 8, 8, 3), np.uint8)), filename="rgb.npz")
-        assert err.value.status == 422 and [e.field for e in err.value.errors] == ["images"]
-        assert "3 channel(s) but the job's images have 1" in err.value.errors[0].problem
+        # Found by the API from the .npz header, then by the worker in the archive: both a 422.
+        for file, name in ((_npz(np.zeros((4, 8, 8, 3), np.uint8)), "rgb.npz"), (colour, "colour.zip")):
+            with pytest.raises(ApiError) as err:
+                client.predict(job["id"], file, filename=name)
+            assert err.value.status == 422 and [e.field for e in err.value.errors] == ["images"], name
+            assert "3 channel(s) but the job's images have 1" in err.value.errors[0].problem
 
     async def every_image() -> Any:
         async with AsyncClient(services.base_url, services.key) as client:

@@ -87,9 +87,8 @@ class PredictionStart:
 
 
 def lost_error(attempts: int) -> str:
-    return format_error(
-        WORKER_LOST, f"the prediction's worker was lost {attempts} time{'s' * (attempts != 1)}"
-    )
+    times = "time" if attempts == 1 else "times"
+    return format_error(WORKER_LOST, f"the prediction's worker was lost {attempts} {times}")
 
 
 def start_prediction(session: Session, prediction_id: str, *, max_attempts: int) -> PredictionStart:
