@@ -11,6 +11,7 @@ stream to disk under their own limit (``api/uploads.py``) and are only authentic
 from __future__ import annotations
 
 import logging
+import re
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,8 +23,16 @@ from service.settings import Settings
 log = logging.getLogger("api.guard")
 
 API_PREFIX = "/v1"
-# (method, path) of the streamed uploads; their bodies are bounded by RUC_MAX_UPLOAD_BYTES instead.
+# (method, path) of the streamed uploads; their bodies are bounded by RUC_MAX_UPLOAD_BYTES (prediction
+# requests: RUC_PREDICT_MAX_UPLOAD_BYTES) instead.
 UPLOAD_ROUTES = frozenset({("POST", "/v1/datasets"), ("POST", "/v1/checkpoints")})
+_PREDICTION_UPLOAD = re.compile(r"/v1/jobs/[^/]+/predictions")
+
+
+def is_upload(method: str | None, path: str) -> bool:
+    return (method, path) in UPLOAD_ROUTES or (method == "POST" and bool(_PREDICTION_UPLOAD.fullmatch(path)))
+
+
 OWNER_STATE_KEY = "owner_id"
 
 
@@ -94,7 +103,7 @@ class RequestGuard:
                 )
                 return
             scope.setdefault("state", {})[OWNER_STATE_KEY] = owner
-        if (scope.get("method"), path) in UPLOAD_ROUTES:
+        if is_upload(scope.get("method"), path):
             await self.app(scope, receive, send)
             return
         await self._capped(scope, receive, send)

@@ -53,8 +53,8 @@ class Child:
 
 @dataclass
 class EmbeddedStack:
-    """API + a ``gpu`` worker + a ``cpu`` worker, all sharing ``data_dir`` (SQLite + filesystem broker
-    unless ``RUC_DATABASE_URL`` / ``RUC_BROKER_URL`` say otherwise)."""
+    """API + a ``gpu``, a ``cpu`` and a ``predict`` worker, all sharing ``data_dir`` (SQLite +
+    filesystem broker unless ``RUC_DATABASE_URL`` / ``RUC_BROKER_URL`` say otherwise)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -105,10 +105,12 @@ class EmbeddedStack:
         self.migrate()
         py = [sys.executable, "-m", "cli.main"]
         pid = os.getpid()
-        # Separate workers for jobs and upload checks: a long job never delays a dataset's `ready`.
+        # Separate workers for jobs, upload checks and predictions: a long job never delays a
+        # dataset's `ready`, and a client waiting on a prediction waits behind neither.
         self.children = [
             Child("worker-gpu", [*py, "worker", "-Q", "gpu", "-c", "1", "-n", f"gpu-{pid}@%h"]),
             Child("worker-cpu", [*py, "worker", "-Q", "cpu", "-c", "1", "-n", f"cpu-{pid}@%h"]),
+            Child("worker-predict", [*py, "worker", "-Q", "predict", "-c", "1", "-n", f"predict-{pid}@%h"]),
             Child("api", [*py, "api", "--host", self.host, "--port", str(self.port)]),
         ]
         env = self.child_env()

@@ -8,10 +8,21 @@ from ruc_client.errors import (
     ChecksumError,
     ConnectionFailed,
     FieldError,
+    PredictionFailed,
     RucClientError,
     WaitTimeout,
 )
-from ruc_client.models import Artifact, Checkpoint, Dataset, EpochMetrics, Event, Job, Metrics, Page
+from ruc_client.models import (
+    Artifact,
+    Checkpoint,
+    Dataset,
+    EpochMetrics,
+    Event,
+    Job,
+    Metrics,
+    Page,
+    Prediction,
+)
 from ruc_client.sse import (
     SSEParser,
     StreamMessage,
@@ -38,6 +49,8 @@ __all__ = [
     "Job",
     "Metrics",
     "Page",
+    "Prediction",
+    "PredictionFailed",
     "RetryPolicy",
     "RucClientError",
     "SSEParser",

@@ -12,8 +12,8 @@ from typing import IO, Any, BinaryIO
 
 import httpx
 
-from ruc_client.errors import ApiError, ChecksumError, RucClientError, retry_after
-from ruc_client.models import Job
+from ruc_client.errors import ApiError, ChecksumError, PredictionFailed, RucClientError, retry_after
+from ruc_client.models import Job, Prediction
 
 ENV_URL = "RUC_API_URL"
 ENV_KEY = "RUC_API_KEY"
@@ -53,6 +53,15 @@ def check(response: httpx.Response) -> httpx.Response:
     if response.status_code >= 400:
         raise ApiError.from_response(response)
     return response
+
+
+def settled(prediction: Prediction) -> Prediction | None:
+    """A succeeded prediction as is, None while it is queued or running; PredictionFailed otherwise."""
+    if prediction.status == "succeeded":
+        return prediction
+    if prediction.finished:
+        raise PredictionFailed(prediction)
+    return None
 
 
 def _bar(**kwargs: Any) -> Any:

@@ -21,10 +21,11 @@ from ruc_client._shared import (
     open_upload,
     resolve_settings,
     retryable_status,
+    settled,
     verify_upload,
 )
 from ruc_client.errors import ApiError, ConnectionFailed, WaitTimeout
-from ruc_client.models import Artifact, Checkpoint, Dataset, Event, Job
+from ruc_client.models import Artifact, Checkpoint, Dataset, Event, Job, Prediction
 from ruc_client.sse import StreamMessage, StreamPolicy, aiter_stream, astream_job
 
 P = ParamSpec("P")
@@ -117,6 +118,7 @@ class AsyncClient:
     get_metrics = _bind(ops.get_metrics)
     get_result = _bind(ops.get_result)
     list_artifacts = _bind(ops.list_artifacts)
+    get_prediction = _bind(ops.get_prediction)
 
     async def _upload(
         self,
@@ -229,6 +231,35 @@ class AsyncClient:
         finally:
             bar.close()
         raise WaitTimeout(f"job {job_id}: the update source ended before the job did")
+
+    async def predict(
+        self,
+        job_id: str,
+        file: str | Path | bytes | BinaryIO,
+        *,
+        filename: str | None = None,
+        timeout_s: float = 600.0,
+        interval_s: float = 0.5,
+    ) -> Prediction:
+        """As ``Client.predict``: the 200 answer, or the 202 one polled until the prediction ends."""
+        raw, name, owned = open_upload(file, filename)
+        try:
+            response = await self._http.post(
+                ops.predictions_path(job_id), files={"file": (name, raw, "application/octet-stream")}
+            )
+        finally:
+            if owned:
+                raw.close()
+        prediction = ops.parse_prediction(check(response))
+        deadline = time.monotonic() + timeout_s
+        while (done := settled(prediction)) is None:
+            if time.monotonic() > deadline:
+                raise WaitTimeout(
+                    f"prediction {prediction.id} still {prediction.status} after {timeout_s:.0f} s"
+                )
+            await asyncio.sleep(interval_s)
+            prediction = await self.get_prediction(job_id, prediction.id)
+        return done
 
     async def download_artifact(
         self, job_id: str, name: str, dest: str | Path | None = None, *, progress: bool = False

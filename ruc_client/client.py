@@ -21,10 +21,11 @@ from ruc_client._shared import (
     open_upload,
     resolve_settings,
     retryable_status,
+    settled,
     verify_upload,
 )
 from ruc_client.errors import ApiError, ConnectionFailed, WaitTimeout
-from ruc_client.models import Artifact, Checkpoint, Dataset, Event, Job
+from ruc_client.models import Artifact, Checkpoint, Dataset, Event, Job, Prediction
 from ruc_client.sse import StreamMessage, StreamPolicy, iter_stream, stream_job
 
 P = ParamSpec("P")
@@ -120,6 +121,7 @@ class Client:
     get_metrics = _bind(ops.get_metrics)
     get_result = _bind(ops.get_result)
     list_artifacts = _bind(ops.list_artifacts)
+    get_prediction = _bind(ops.get_prediction)
 
     def _upload(
         self,
@@ -237,6 +239,40 @@ class Client:
         finally:
             bar.close()
         raise WaitTimeout(f"job {job_id}: the update source ended before the job did")
+
+    def predict(
+        self,
+        job_id: str,
+        file: str | Path | bytes | BinaryIO,
+        *,
+        filename: str | None = None,
+        timeout_s: float = 600.0,
+        interval_s: float = 0.5,
+    ) -> Prediction:
+        """Assign the images of ``file`` (a path, bytes or a binary file: ``.npz`` with ``images``
+        uint8 (N, H, W, C), or an image-folder archive, as the job's dataset) with the job's refined
+        model. A small request is answered at once (200); a larger one (202) is polled every
+        ``interval_s`` until it ends. Returns the succeeded ``Prediction`` (``assignments``,
+        ``probabilities``); images that do not fit the job raise ``ApiError`` (422, ``errors`` name
+        the field) or, found by the worker later, ``PredictionFailed``; so does a failure."""
+        raw, name, owned = open_upload(file, filename)
+        try:
+            response = self._http.post(
+                ops.predictions_path(job_id), files={"file": (name, raw, "application/octet-stream")}
+            )
+        finally:
+            if owned:
+                raw.close()
+        prediction = ops.parse_prediction(check(response))
+        deadline = time.monotonic() + timeout_s
+        while (done := settled(prediction)) is None:
+            if time.monotonic() > deadline:
+                raise WaitTimeout(
+                    f"prediction {prediction.id} still {prediction.status} after {timeout_s:.0f} s"
+                )
+            time.sleep(interval_s)
+            prediction = self.get_prediction(job_id, prediction.id)
+        return done
 
     def download_artifact(
         self, job_id: str, name: str, dest: str | Path | None = None, *, progress: bool = False

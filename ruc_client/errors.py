@@ -76,6 +76,17 @@ class WaitTimeout(RucClientError):
     """``wait`` gave up before the resource reached a final state."""
 
 
+class PredictionFailed(RucClientError):
+    """A prediction ended ``invalid`` (its images do not fit the job) or ``failed``; ``prediction``
+    has the ``error_code`` and ``error``."""
+
+    def __init__(self, prediction: Any) -> None:
+        super().__init__(
+            f"prediction {prediction.id} {prediction.status}: {prediction.error_code}: {prediction.error}"
+        )
+        self.prediction = prediction
+
+
 def retry_after(response: httpx.Response) -> float | None:
     """Seconds of a ``Retry-After`` header (delta-seconds form; an HTTP date is ignored)."""
     value = response.headers.get("retry-after")

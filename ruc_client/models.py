@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 UploadStatus = Literal["validating", "ready", "invalid"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_JOB_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+PredictionStatus = Literal["queued", "running", "succeeded", "invalid", "failed"]
+FINAL_PREDICTION_STATUSES: frozenset[str] = frozenset({"succeeded", "invalid", "failed"})
 
 
 class _Model(BaseModel):
@@ -64,6 +66,27 @@ class Job(_Model):
     @property
     def finished(self) -> bool:
         return self.status in FINAL_JOB_STATUSES
+
+
+class Prediction(_Model):
+    """Images assigned with a job's refined model: ``assignments`` (N,) and ``probabilities`` (N, K)
+    once ``succeeded``; ``error_code`` and ``error`` when ``invalid`` or ``failed``."""
+
+    id: str
+    job_id: str
+    status: PredictionStatus
+    count: int | None = None
+    error_code: str | None = None
+    error: str | None = None
+    assignments: list[int] | None = None
+    probabilities: list[list[float]] | None = None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_PREDICTION_STATUSES
 
 
 class Event(_Model):

@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from ruc_client.models import Artifact, Checkpoint, Dataset, Event, Job, Metrics, Page
+from ruc_client.models import Artifact, Checkpoint, Dataset, Event, Job, Metrics, Page, Prediction
 
 T = TypeVar("T")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -125,6 +125,19 @@ def list_artifacts(job_id: str) -> Call[list[Artifact]]:
 
 def artifact_path(job_id: str, name: str) -> str:
     return f"/v1/jobs/{job_id}/artifacts/{name}"
+
+
+def predictions_path(job_id: str) -> str:
+    """Where ``predict`` posts its images (multipart, streamed by the clients like uploads)."""
+    return f"/v1/jobs/{job_id}/predictions"
+
+
+def get_prediction(job_id: str, prediction_id: str) -> Call[Prediction]:
+    return Call("GET", f"/v1/jobs/{job_id}/predictions/{prediction_id}", _model(Prediction), retry=True)
+
+
+def parse_prediction(response: httpx.Response) -> Prediction:
+    return Prediction.model_validate(response.json())
 
 
 UPLOAD_PATHS = {"dataset": "/v1/datasets", "checkpoint": "/v1/checkpoints"}

@@ -115,6 +115,34 @@ class Settings(BaseSettings):
     )
     stream_batch: int = Field(default=100, ge=1, description="Events and metric rows read per poll, each")
 
+    predict_sync_max_images: int = Field(
+        default=256,
+        ge=0,
+        description="A prediction request of at most this many images waits for its answer (200); "
+        "a larger one is answered 202 at once, to poll",
+    )
+    predict_sync_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a small prediction request waits for the worker before it is answered "
+        "202 with the URL to poll",
+    )
+    predict_max_images: int = Field(
+        default=10_000, ge=1, description="Images in one prediction request (over it: 422)"
+    )
+    predict_max_values: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Images x clusters of one prediction request: bounds the probabilities stored and "
+        "returned (over it: 422)",
+    )
+    predict_max_upload_bytes: int = Field(
+        default=256 * MiB, ge=1, description="Size of one prediction request's file (over it: 413)"
+    )
+    predict_time_limit_seconds: int = Field(
+        default=600, ge=1, description="Wall time of one prediction on a worker; past it: failed"
+    )
+
     validation_memory_bytes: int = Field(
         default=2 * GiB,
         ge=16 * MiB,

@@ -34,6 +34,7 @@ ARTIFACT_MEDIA_TYPES = {
     ".safetensors": "application/octet-stream",
     ".png": "image/png",  # core.report's figures
     ".html": "text/html; charset=utf-8",  # report.html: opens in the browser from the download URL
+    ".onnx": "application/octet-stream",  # model.onnx (ONNX has no registered media type)
 }
 # Before attempt folders existed, every attempt shared this one; still read when resuming.
 LEGACY_WORK = "work"

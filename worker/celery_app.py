@@ -28,6 +28,7 @@ from service.settings import Settings, get_settings
 from service.task_names import (
     CPU_QUEUE,
     GPU_QUEUE,
+    PREDICT_QUEUE,
     TASK_QUEUES,
     TASK_RUN_JOB,
     TASK_VALIDATE_CHECKPOINT,
@@ -38,6 +39,7 @@ from worker.recovery import install as install_recovery
 __all__ = [
     "CPU_QUEUE",
     "GPU_QUEUE",
+    "PREDICT_QUEUE",
     "TASK_RUN_JOB",
     "TASK_VALIDATE_CHECKPOINT",
     "TASK_VALIDATE_DATASET",
@@ -65,7 +67,12 @@ def create_celery(settings: Settings | None = None) -> Celery:
     app = Celery(
         "ruc_service",
         broker=settings.broker_url,
-        include=["worker.tasks.jobs", "worker.tasks.uploads", "worker.tasks.webhooks"],
+        include=[
+            "worker.tasks.jobs",
+            "worker.tasks.uploads",
+            "worker.tasks.webhooks",
+            "worker.tasks.predictions",
+        ],
     )
     app.conf.update(
         broker_transport_options=broker_transport_options(settings),
@@ -77,6 +84,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_queues=[
             Queue(GPU_QUEUE, Exchange(GPU_QUEUE, type="direct"), routing_key=GPU_QUEUE),
             Queue(CPU_QUEUE, Exchange(CPU_QUEUE, type="direct"), routing_key=CPU_QUEUE),
+            Queue(PREDICT_QUEUE, Exchange(PREDICT_QUEUE, type="direct"), routing_key=PREDICT_QUEUE),
         ],
         task_default_queue=CPU_QUEUE,
         task_routes={name: {"queue": q, "routing_key": q} for name, q in TASK_QUEUES.items()},
@@ -84,6 +92,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         # A job may run for hours: no soft/hard time limit kills it; cancel goes through the DB.
+        # (A prediction has limits of its own, on its task.)
         task_time_limit=None,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,

@@ -5,7 +5,8 @@ would redeliver the unacked message only after the visibility timeout, which mus
 job, and the filesystem transport has already removed it), the API dies between its commit and its
 enqueue, or Redis loses its data. So every worker process sweeps the tables at start-up and then every
 ``lease_seconds / 2`` (``service.db.crud.requeue``): a running job whose lease expired is sent again at once;
-a queued job or a validating upload is sent again once nobody has taken it for ``requeue_seconds``.
+a queued job or a validating upload is sent again once nobody has taken it for ``requeue_seconds``, and
+a queued or running prediction once it has been left that long and past its time limit.
 
 The sweep never clears a lease and never commits before the broker took the message: the mark is
 committed only after ``send_task`` returned, so a broker that is down leaves the row as it was and the
@@ -24,16 +25,24 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from service.db.crud import requeue
+from service.db.crud import predictions, requeue
 from service.db.models import Checkpoint, Dataset
 from service.db.session import reset_after_fork, session_scope
 from service.settings import Settings, get_settings
-from service.task_names import TASK_QUEUES, TASK_RUN_JOB, TASK_VALIDATE_CHECKPOINT, TASK_VALIDATE_DATASET
+from service.task_names import (
+    TASK_PREDICT,
+    TASK_QUEUES,
+    TASK_RUN_JOB,
+    TASK_VALIDATE_CHECKPOINT,
+    TASK_VALIDATE_DATASET,
+)
 from worker.gc import collect_garbage
 
 log = logging.getLogger(__name__)
 
 GC_INTERVAL_SECONDS = 3600.0
+# Beyond a prediction's soft time limit: its hard limit (worker.tasks.predictions) plus a margin.
+PREDICTION_GRACE_SECONDS = 60.0
 
 _UPLOAD_TASKS: tuple[tuple[type[Dataset] | type[Checkpoint], str], ...] = (
     (Dataset, TASK_VALIDATE_DATASET),
@@ -69,6 +78,23 @@ def sweep(app: Celery, settings: Settings) -> list[str]:
                 _send(app, task, upload_id)
             log.warning("%s %s re-enqueued by the recovery sweep", model.__tablename__, upload_id)
             sent.append(upload_id)
+    return sent + _sweep_predictions(app, settings)
+
+
+def _sweep_predictions(app: Celery, settings: Settings) -> list[str]:
+    """Predictions nobody finished: a running one is sent again only past its task's hard time limit,
+    so a slow prediction that is still running is not duplicated."""
+    stale = max(settings.requeue_seconds, settings.predict_time_limit_seconds + PREDICTION_GRACE_SECONDS)
+    sent: list[str] = []
+    with session_scope() as s:
+        ids = predictions.orphaned_prediction_ids(s, stale_seconds=stale)
+    for prediction_id in ids:
+        with session_scope() as s:
+            if not predictions.mark_prediction_requeued(s, prediction_id, stale_seconds=stale):
+                continue
+            _send(app, TASK_PREDICT, prediction_id)
+        log.warning("prediction %s re-enqueued by the recovery sweep", prediction_id)
+        sent.append(prediction_id)
     return sent
 
 

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api.deps import OwnerDep, SessionDep, SettingsDep
 from api.problems import ProblemError, not_found
-from api.schemas.common import problem_responses
+from api.schemas.common import problem_responses, upload_request_body
 from api.schemas.jobs import (
     JOB_CREATE_EXAMPLES,
     ArtifactPublic,
@@ -22,11 +22,14 @@ from api.schemas.jobs import (
     MetricsPublic,
     ResultPublic,
 )
+from api.schemas.predictions import PredictionPublic
 from api.services import event_stream
 from api.services import jobs as service
+from api.services import predictions as predicting
 from service.db.crud import jobs as crud
-from service.db.models import ID_PATTERN, Job
-from service.storage import ARTIFACT_NAME, resolve_inside
+from service.db.crud import predictions as predictions_crud
+from service.db.models import FINISHED_PREDICTION_STATUSES, ID_PATTERN, Job
+from service.storage import ARTIFACT_NAME, DATASET_SUFFIXES, resolve_inside
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=problem_responses(401))
 
@@ -258,3 +261,52 @@ def download_artifact(
     if row is None or path is None or not path.is_file():
         raise not_found("artifact", name)
     return FileResponse(path, media_type=row.media_type, filename=row.name)
+
+
+@router.post(
+    "/{job_id}/predictions",
+    response_model=PredictionPublic,
+    responses={
+        **problem_responses(404, 409, 413, 415, 422, 503),
+        200: {"description": "Done within the wait: succeeded (assignments, probabilities) or failed"},
+        202: {"model": PredictionPublic, "description": "Queued or running: poll the Location"},
+    },
+    openapi_extra=upload_request_body(DATASET_SUFFIXES),
+    summary="Assign new images with a succeeded job's refined model (multipart field `file`)",
+    description="The images as a dataset upload holds them (`.npz` with `images` uint8 (N, H, W, C), or "
+    "an image-folder archive) with the job's H, W and C. A request of at most "
+    "RUC_PREDICT_SYNC_MAX_IMAGES images waits up to RUC_PREDICT_SYNC_SECONDS for its answer (200); a "
+    "larger or slower one is answered 202 with the prediction's URL in `Location`. Images that do not "
+    "fit the job are a 422 naming the field.",
+)
+async def create_prediction(
+    job_id: str,
+    request: Request,
+    response: Response,
+    owner: OwnerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> PredictionPublic:
+    row = await predicting.accept_prediction(request, session, settings, owner, job_id)
+    row = await predicting.await_outcome(settings, row)
+    if row.status == "invalid":
+        raise predicting.invalid_problem(row)
+    response.headers["Location"] = f"/v1/jobs/{job_id}/predictions/{row.id}"
+    if row.status not in FINISHED_PREDICTION_STATUSES:
+        response.status_code = 202
+    return PredictionPublic.from_row(row)
+
+
+@router.get(
+    "/{job_id}/predictions/{prediction_id}",
+    response_model=PredictionPublic,
+    responses=problem_responses(404),
+    summary="Get a prediction: status, then assignments and probabilities (poll this)",
+)
+async def get_prediction(
+    job_id: str, prediction_id: str, owner: OwnerDep, session: SessionDep
+) -> PredictionPublic:
+    row = predictions_crud.get_prediction(session, owner, job_id, prediction_id)
+    if row is None:
+        raise not_found("prediction", prediction_id)
+    return PredictionPublic.from_row(row)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
-from core.datasets.dataset import ArchiveLimits
+from core.datasets.limits import ArchiveLimits
 from core.datasets.zip_guard import check_zip_directory
 from core.errors import CoreInputError
 

@@ -14,30 +14,39 @@ from core.errors import CoreInputError
 PROB_SUM_TOLERANCE = 1e-3
 
 
-def check_images(images: np.ndarray, field: str = "images") -> np.ndarray:
-    """uint8 (N, H, W, C) with C in {1, 3}; (N, H, W) is taken as C = 1. Returns (N, H, W, C)."""
-    if images.dtype != np.uint8:
-        hint = " (scale to 0..255 and cast to uint8)" if np.issubdtype(images.dtype, np.floating) else ""
-        raise CoreInputError(field, f"must have dtype uint8, got {images.dtype}{hint}")
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4:
+def check_image_header(
+    dtype: np.dtype, shape: tuple[int, ...], field: str = "images"
+) -> tuple[int, int, int, int]:
+    """The image rules on an array's dtype and shape alone: uint8 (N, H, W, C) with C in {1, 3},
+    (N, H, W) taken as C = 1, N > 0. Returns (N, H, W, C)."""
+    if dtype != np.uint8:
+        hint = " (scale to 0..255 and cast to uint8)" if np.issubdtype(dtype, np.floating) else ""
+        raise CoreInputError(field, f"must have dtype uint8, got {dtype}{hint}")
+    if len(shape) == 3:
+        shape = (*shape, 1)
+    if len(shape) != 4:
         raise CoreInputError(
-            field, f"must have rank 4 (N, H, W, C) or 3 (N, H, W), got rank {images.ndim} {images.shape}"
+            field, f"must have rank 4 (N, H, W, C) or 3 (N, H, W), got rank {len(shape)} {tuple(shape)}"
         )
-    n, h, w, c = images.shape
+    n, h, w, c = (int(d) for d in shape)
     if n == 0:
         raise CoreInputError(field, "is empty (0 images)")
     if h == 0 or w == 0:
-        raise CoreInputError(field, f"images have zero size: shape {images.shape}")
+        raise CoreInputError(field, f"images have zero size: shape {tuple(shape)}")
     if c not in (1, 3):
         hint = ""
-        if images.shape[1] in (1, 3):
+        if shape[1] in (1, 3):
             hint = "; it looks channels-first (N, C, H, W): transpose to (N, H, W, C)"
         elif c == 4:
             hint = "; drop the alpha channel"
-        raise CoreInputError(field, f"channel count C must be 1 or 3, got {c} (shape {images.shape}){hint}")
-    return images
+        raise CoreInputError(field, f"channel count C must be 1 or 3, got {c} (shape {tuple(shape)}){hint}")
+    return n, h, w, c
+
+
+def check_images(images: np.ndarray, field: str = "images") -> np.ndarray:
+    """uint8 (N, H, W, C) with C in {1, 3}; (N, H, W) is taken as C = 1. Returns (N, H, W, C)."""
+    check_image_header(images.dtype, images.shape, field)
+    return images[..., None] if images.ndim == 3 else images
 
 
 def _integer_values(values: np.ndarray, field: str) -> np.ndarray:

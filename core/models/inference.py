@@ -30,14 +30,19 @@ def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=memory_format(channels_last))
 
 
+def unit_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [0, 1]: every network input starts here (the
+    networks normalise inside ``forward``; the ONNX export traces this same function)."""
+    return images.permute(0, 3, 1, 2).float().div_(255.0)
+
+
 def u8_to_float(images: torch.Tensor, idx: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 (N, H, W, C) rows ``idx`` -> float32 (B, C, H, W) in [0, 1].
 
     The permuted view of NHWC data already has channels_last strides; ``contiguous`` makes
     it NCHW only when the networks want that layout.
     """
-    x = images.index_select(0, idx).permute(0, 3, 1, 2).float().div_(255.0)
-    return to_layout(x, channels_last)
+    return to_layout(unit_pixels(images.index_select(0, idx)), channels_last)
 
 
 def _rows(images: torch.Tensor, idx: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -14,8 +14,9 @@ refines with its own seed, the result reports every run and the mean and std of 
 and the artifacts come from the best run by a label-free criterion (``runs.py``).
 
 Artifacts (``artifacts.py``, each written atomically): ``refined_ensemble.safetensors``,
-``assignments.csv``, ``result.json``; then the figures and ``report.html`` (``core.report``, drawn from
-the result; never failing the job).
+``assignments.csv``, ``result.json``; ``model.onnx`` (``core.predict.onnx_export``); then the figures
+and ``report.html`` (``core.report``, drawn from the result). Neither the ONNX export nor a figure
+ever fails the job.
 """
 
 from core.pipeline.artifacts import load_ensemble
@@ -23,6 +24,7 @@ from core.pipeline.job import JobOutcome, run_job
 from core.pipeline.layout import (
     ARTIFACT_NAMES,
     BASE_CACHE,
+    ONNX_NAME,
     REPORT_ARTIFACT_NAMES,
     RUC_CHECKPOINT,
     STAGES,
@@ -32,6 +34,7 @@ from core.pipeline.layout import (
 __all__ = [
     "ARTIFACT_NAMES",
     "BASE_CACHE",
+    "ONNX_NAME",
     "REPORT_ARTIFACT_NAMES",
     "RUC_CHECKPOINT",
     "STAGES",

@@ -66,8 +66,19 @@ def write_assignments(
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def save_ensemble(ruc: RucOutput, base_model: ClusteringModel, spec: JobSpec, path: Path) -> None:
-    """refined_ensemble.safetensors: every network of ``ruc`` and what ``load_ensemble`` needs."""
+def save_ensemble(
+    ruc: RucOutput,
+    base_model: ClusteringModel,
+    spec: JobSpec,
+    path: Path,
+    *,
+    image_shape: tuple[int, int, int] | None = None,
+) -> None:
+    """refined_ensemble.safetensors: every network of ``ruc`` and what ``read_ensemble`` needs.
+
+    image_shape: (H, W, C) of the job's images; with the run's effective batch size (which fixes
+    its inference chunks) it lets ``core.predict.Predictor`` assign new images as the job did.
+    """
     from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {}
@@ -86,15 +97,25 @@ def save_ensemble(ruc: RucOutput, base_model: ClusteringModel, spec: JobSpec, pa
         "std": json.dumps(first.std.flatten().tolist()),
         "base_backbone": str(base_model.backbone_name),
         "spec": spec.model_dump_json(),
+        "batch_size": str(ruc.effective.get("batch_size", "")),
     }
     vit = vit_config_of(first.backbone)
     if vit is not None:
         metadata["vit"] = json.dumps(vit)
+    if image_shape is not None:
+        metadata["image_shape"] = json.dumps(list(image_shape))
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def load_ensemble(path: Path, *, device: str | torch.device = "cpu") -> tuple[ClusteringModel, ...]:
     """Rebuild the networks of a ``refined_ensemble.safetensors`` artifact (eval mode)."""
+    return read_ensemble(path, device=device)[0]
+
+
+def read_ensemble(
+    path: Path, *, device: str | torch.device = "cpu"
+) -> tuple[tuple[ClusteringModel, ...], dict[str, str]]:
+    """The networks of a ``refined_ensemble.safetensors`` artifact (eval mode) and its metadata."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:
@@ -116,4 +137,4 @@ def load_ensemble(path: Path, *, device: str | torch.device = "cpu") -> tuple[Cl
         )
         net.load_state_dict(sd)
         nets.append(net.to(device).eval())
-    return tuple(nets)
+    return tuple(nets), meta

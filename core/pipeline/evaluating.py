@@ -115,7 +115,10 @@ def evaluate_run(
     probs = ruc.probs.detach().float().cpu().numpy()
     report = clustering_report(probs, y, num_clusters=k, ece_bins=ctx.spec.evaluate.ece_bins)
     base_pred = base_probs.argmax(1)
-    ensemble = EnsembleLogits(tuple(m.eval() for m in ruc.models))
+    # eval() on the wrapper too: a new module is in training mode, and the attacks restore the mode
+    # they found, which would leave the networks training (BatchNorm statistics moving on every
+    # later forward, so the saved ensemble would no longer give the assignments it reported).
+    ensemble = EnsembleLogits(tuple(m.eval() for m in ruc.models)).eval()
     return RunEvaluation(
         seed=seed,
         probs=probs,

@@ -21,11 +21,12 @@ from core.pipeline.evaluating import (
     evaluate_run,
     robustness,
 )
-from core.pipeline.layout import ARTIFACT_NAMES
+from core.pipeline.layout import ARTIFACT_NAMES, ONNX_NAME
 from core.pipeline.refining import refining, run_per_epoch
 from core.pipeline.result import assemble, clean_set_block
 from core.pipeline.runs import best_run
 from core.pipeline.stages import CleanSelection, base_clustering, loading, sampling
+from core.predict.onnx_export import export_onnx
 from core.report import write_report
 from core.result_schema import validated_result
 from core.ruc import RucOutput
@@ -68,7 +69,14 @@ def saving(
 ) -> dict[str, Path]:
     """The ensemble and assignments of the chosen run; result.json is written last by ``run_job``."""
     paths = {name: ctx.work_dir / name for name in ARTIFACT_NAMES}
-    save_ensemble(chosen, base.model, ctx.spec, paths["refined_ensemble.safetensors"])
+    ds = ctx.dataset
+    save_ensemble(
+        chosen,
+        base.model,
+        ctx.spec,
+        paths["refined_ensemble.safetensors"],
+        image_shape=(ds.height, ds.width, ds.channels),
+    )
     write_assignments(
         paths["assignments.csv"],
         base.probs.detach().float().cpu().numpy(),
@@ -76,6 +84,18 @@ def saving(
         chosen.clean_mask.cpu().numpy(),
     )
     return paths
+
+
+def write_onnx(ctx: JobContext, chosen: RucOutput) -> dict[str, Path]:
+    """``model.onnx`` of the chosen run; an export that fails leaves it out with a note, never the job."""
+    ds = ctx.dataset
+    path = ctx.work_dir / ONNX_NAME
+    try:
+        export_onnx(chosen.models, path, image_shape=(ds.height, ds.width, ds.channels))
+    except Exception as exc:  # a convenience artifact: its failure must not fail the job
+        ctx.warn(f"{ONNX_NAME} not written: the export failed ({type(exc).__name__})")
+        return {}
+    return {ONNX_NAME: path}
 
 
 def _quality(
@@ -152,6 +172,7 @@ def run_job(
     with ctx.stage("saving"):
         quality, best = _quality(ctx, sel, base, y, k, evaluated, rucs, seeds)
         paths = saving(ctx, base, rucs[best], evaluated[2][best])
+        paths.update(write_onnx(ctx, rucs[best]))
         result: dict[str, Any] = {
             **quality,
             "notes": ctx.notes,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.predict.onnx_export import ONNX_NAME as ONNX_NAME  # re-exported
 from core.report import REPORT_ARTIFACT_NAMES as REPORT_ARTIFACT_NAMES  # re-exported
 
 STAGES = ("loading", "base_clustering", "sampling", "refining", "evaluating", "saving")
 ARTIFACT_NAMES = ("refined_ensemble.safetensors", "assignments.csv", "result.json")
-# Written after these and published with them: REPORT_ARTIFACT_NAMES (core.report), the figures (PNG)
-# and report.html; a figure that cannot be drawn, or that needs labels the dataset lacks, is absent.
+# Written after these and published with them: ONNX_NAME (the ensemble as one ONNX graph) and
+# REPORT_ARTIFACT_NAMES (core.report), the figures (PNG) and report.html; an export that fails, a
+# figure that cannot be drawn or one that needs labels the dataset lacks is absent.
 BASE_CACHE = "base.pt"
 RUC_CHECKPOINT = "ruc_checkpoint.pt"
 # Inference and attack batches: no activations kept for training, so larger than training batches.

@@ -62,6 +62,12 @@ def resolve_perf(
     return channels_last, None if dtype == torch.float32 else dtype
 
 
+def place_network(net: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """``net`` on ``device`` in the memory format its inputs will have (RUC's networks and the saved
+    ensemble's, so both compute with the same kernels)."""
+    return net.to(device, memory_format=torch.channels_last) if channels_last else net.to(device)
+
+
 def nograd_chunk_size(device: torch.device, batch_size: int) -> int:
     """Images per forward without gradients inside a training step.
 

@@ -43,7 +43,7 @@ from core.models.inference import predict_softmax
 from core.ruc.epoch_metrics import label_metrics
 from core.ruc.losses import cosine_lr
 from core.ruc.networks import build_net, build_optimizers, set_lr
-from core.ruc.perf import INFERENCE_BATCH_FACTOR, PerfOptions, nograd_chunk_size, resolve_perf
+from core.ruc.perf import INFERENCE_BATCH_FACTOR, PerfOptions, nograd_chunk_size, place_network, resolve_perf
 from core.ruc.refurbish import apply_refurbish, refurbish_candidates
 from core.ruc.runtime import Runtime, try_resume
 from core.ruc.schedules import Schedule, resolve_schedule
@@ -159,7 +159,7 @@ def _build_runtime(
         net = build_net(
             base_model, spec, k, seed=seed, in_channels=images.shape[3], num_clusters=num_clusters
         )
-        nets.append(net.to(dev, memory_format=torch.channels_last) if channels_last else net.to(dev))
+        nets.append(place_network(net, dev, channels_last))
     return Runtime(
         nets=nets,
         optimizers=build_optimizers(nets, spec),
@@ -309,7 +309,8 @@ def train_ruc(
         probs = predict_ensemble(
             rt.nets,
             images,
-            INFERENCE_BATCH_FACTOR * spec.batch_size,
+            INFERENCE_BATCH_FACTOR * rt.nograd_chunk,
+            chunk=rt.nograd_chunk,
             channels_last=rt.channels_last,
             autocast_dtype=rt.autocast_dtype,
         )
@@ -330,18 +331,27 @@ def predict_ensemble(
     images: torch.Tensor,
     batch_size: int,
     *,
+    chunk: int | None = None,
     channels_last: bool = False,
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Mean softmax of ``nets`` (eval mode, no graph) on uint8 images (N, H, W, C).
 
-    Returns (N, K) float32 on the images' device; rows sum to 1. The final RUC prediction.
+    Returns (N, K) float32 on the images' device; rows sum to 1. The final RUC prediction:
+    with ``batch_size`` = INFERENCE_BATCH_FACTOR x ``chunk`` and the run's arithmetic, each
+    network's term is exactly its prediction table (``step.train_pass``), which is what
+    ``core.predict.Predictor`` relies on to assign new images as the job assigned its own.
     """
     if images.shape[0] == 0:
         raise CoreInputError("images", "no images to predict")
     probs = [
         predict_softmax(
-            net, images, batch_size=batch_size, channels_last=channels_last, autocast_dtype=autocast_dtype
+            net,
+            images,
+            batch_size=batch_size,
+            chunk=chunk,
+            channels_last=channels_last,
+            autocast_dtype=autocast_dtype,
         )
         for net in nets
     ]

@@ -10,7 +10,16 @@ from sqlalchemy import create_engine, inspect
 from service.db.migrate import current_revision, downgrade_base, upgrade_head
 from service.db.models import Base
 
-TABLES = {"api_keys", "datasets", "checkpoints", "jobs", "job_events", "job_metrics", "artifacts"}
+TABLES = {
+    "api_keys",
+    "datasets",
+    "checkpoints",
+    "jobs",
+    "job_events",
+    "job_metrics",
+    "artifacts",
+    "predictions",
+}
 
 
 def _check_roundtrip(url: str) -> None:
@@ -18,7 +27,7 @@ def _check_roundtrip(url: str) -> None:
     engine = create_engine(url)
     try:
         assert set(inspect(engine).get_table_names()) >= TABLES
-        assert current_revision(url) == "0002_validation_attempts"
+        assert current_revision(url) == "0003_predictions"
         with engine.connect() as conn:
             # The hand-written migration and the models describe the same schema.
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

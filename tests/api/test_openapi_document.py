@@ -44,6 +44,8 @@ PINNED = {
     ("get", "/v1/jobs/{job_id}/result"): "jobs_get_result",
     ("get", "/v1/jobs/{job_id}/artifacts"): "jobs_list_artifacts",
     ("get", "/v1/jobs/{job_id}/artifacts/{name}"): "jobs_download_artifact",
+    ("post", "/v1/jobs/{job_id}/predictions"): "jobs_create_prediction",
+    ("get", "/v1/jobs/{job_id}/predictions/{prediction_id}"): "jobs_get_prediction",
 }
 
 

@@ -124,7 +124,7 @@ def test_run_job_labeled_end_to_end(tmp_path: Path) -> None:
     assert not any("knn_k" in n for n in r["notes"])
 
     # Artifacts
-    core_names = {"refined_ensemble.safetensors", "assignments.csv", "result.json"}
+    core_names = {"refined_ensemble.safetensors", "assignments.csv", "result.json", "model.onnx"}
     assert set(out.artifacts) == core_names | set(REPORT_ARTIFACT_NAMES)  # labelled: every figure
     assert json.loads(out.artifacts["result.json"].read_text()) == r
     rows = list(csv.reader(out.artifacts["assignments.csv"].open()))

@@ -19,7 +19,7 @@ from PIL import Image
 
 from core.datasets import ImageDataset
 from core.hooks import RunHooks
-from core.pipeline import ARTIFACT_NAMES, REPORT_ARTIFACT_NAMES, run_job
+from core.pipeline import ARTIFACT_NAMES, ONNX_NAME, REPORT_ARTIFACT_NAMES, run_job
 from core.report import FIGURES, LABELS_NEEDED, REPORT_HTML, write_report
 from core.spec import AttackSpec, BaseSpec, EvaluateSpec, JobSpec, RefineSpec
 
@@ -87,8 +87,8 @@ def _check_in_browser(tmp: Path, report: Path, expected_figures: int) -> None:
 def test_report_of_a_real_job_renders_in_chromium(tmp_path: Path, digits_dataset, labels: bool) -> None:
     result, artifacts, warnings = _job(tmp_path, digits_dataset, labels=labels)
     expected = set(FIGURES) if labels else set(FIGURES) - LABELLED_ONLY
-    assert set(artifacts) == set(ARTIFACT_NAMES) | expected | {REPORT_HTML}
-    assert set(REPORT_ARTIFACT_NAMES) >= set(artifacts) - set(ARTIFACT_NAMES)
+    assert set(artifacts) == set(ARTIFACT_NAMES) | expected | {REPORT_HTML, ONNX_NAME}
+    assert set(REPORT_ARTIFACT_NAMES) >= set(artifacts) - set(ARTIFACT_NAMES) - {ONNX_NAME}
     assert not [w for w in warnings if w.startswith("report:")]
     # Cheap beside the job: drawing the figures and the page again takes a few seconds at most.
     assert write_report(result, tmp_path / "again", warn=warnings.append)[1] < 8

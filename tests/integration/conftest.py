@@ -1,5 +1,5 @@
 """Fixtures of the integration suite: a fresh Postgres database per session (migrated once), a private
-Redis database number, and the API plus a gpu and a cpu Celery worker as subprocesses."""
+Redis database number, and the API plus a gpu, a cpu and a predict Celery worker as subprocesses."""
 
 from __future__ import annotations
 
@@ -87,6 +87,7 @@ def services(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFacto
     try:
         svc.start_worker("gpu")
         svc.start_worker("cpu")
+        svc.start_worker("predict")
         svc.start_api()
         yield svc
     finally:

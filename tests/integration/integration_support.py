@@ -131,7 +131,7 @@ def wait_http_ok(url: str, timeout: float, proc: Proc | None = None) -> None:
 
 @dataclass
 class Services:
-    """API + gpu worker + cpu worker on Postgres + Redis, plus an API key."""
+    """API + gpu, cpu and predict workers on Postgres + Redis, plus an API key."""
 
     env: dict[str, str]
     data_dir: Path

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from service.db.crud.pagination import page_asc, page_desc
-from service.db.models import Artifact, Job, JobEvent, JobMetric, is_valid_id, utcnow
+from service.db.models import Artifact, Job, JobEvent, JobMetric, Prediction, is_valid_id, utcnow
 
 
 def create_job(
@@ -118,7 +118,8 @@ def request_cancel(session: Session, job_id: str) -> bool:
 
 
 def delete_job_unless_running(session: Session, job_id: str) -> bool:
-    """Delete a job that is not running (events, metrics and artifact rows cascade); False otherwise."""
+    """Delete a job that is not running (events, metrics, artifact and prediction rows cascade); False
+    otherwise."""
     # SQLite enforces ON DELETE CASCADE only with the foreign_keys pragma; delete children explicitly so
     # the outcome never depends on a connection setting.
     if session.scalar(select(Job.status).where(Job.id == job_id)) in (None, "running"):
@@ -130,7 +131,7 @@ def delete_job_unless_running(session: Session, job_id: str) -> bool:
     )
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    for model in (JobEvent, JobMetric, Artifact):
+    for model in (JobEvent, JobMetric, Artifact, Prediction):
         session.execute(delete(model).where(model.job_id == job_id))
     session.flush()
     return True

@@ -8,12 +8,20 @@ from service.db.models.dataset import UPLOAD_STATUSES, Dataset, UploadStatus
 from service.db.models.job import FINISHED_STATUSES, JOB_STAGES, JOB_STATUSES, Job, JobStage, JobStatus
 from service.db.models.job_event import EventLevel, JobEvent
 from service.db.models.job_metric import JobMetric
+from service.db.models.prediction import (
+    FINISHED_PREDICTION_STATUSES,
+    PREDICTION_STATUSES,
+    Prediction,
+    PredictionStatus,
+)
 
 __all__ = [
+    "FINISHED_PREDICTION_STATUSES",
     "FINISHED_STATUSES",
     "ID_PATTERN",
     "JOB_STAGES",
     "JOB_STATUSES",
+    "PREDICTION_STATUSES",
     "UPLOAD_STATUSES",
     "ApiKey",
     "Artifact",
@@ -27,6 +35,8 @@ __all__ = [
     "JobMetric",
     "JobStage",
     "JobStatus",
+    "Prediction",
+    "PredictionStatus",
     "UTCDateTime",
     "UploadStatus",
     "is_valid_id",

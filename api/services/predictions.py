@@ -1,0 +1,181 @@
+"""Prediction requests: stream the images into the job's folder, check an ``.npz`` header against the
+job, insert the row, commit, enqueue; then a small request waits for its outcome.
+
+Only the header of an ``.npz`` is read here (``core.predict.inputs``, no torch): its image count,
+size, channels and dtype decide at once between a 422 naming the field, a 202 (more images than
+``predict_sync_max_images``) and waiting. Archives are read only by the worker, which records the
+count it found. Waiting polls the row (one primary-key read per poll, on a short session) until it
+ends, until a count over the sync bound appears, or until ``predict_sync_seconds`` have passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from api.problems import FieldProblem, ProblemError, field_error, not_found
+from api.queue import EnqueueError, enqueue
+from api.uploads import StoredUpload, receive_upload
+from core.errors import CoreInputError
+from core.predict.inputs import JobImages, inspect_npz, job_images
+from service.client_errors import public_error
+from service.db.crud import jobs as jobs_crud
+from service.db.crud import predictions as crud
+from service.db.models import FINISHED_PREDICTION_STATUSES, Prediction, new_id
+from service.db.session import get_sessionmaker
+from service.settings import Settings
+from service.storage import DATASET_SUFFIXES, remove_dir
+from service.task_names import TASK_PREDICT
+
+log = logging.getLogger("api.services.predictions")
+# Polls start fast (a small request is done in tens of ms once a worker has it) and slow down.
+FIRST_POLL_SECONDS = 0.02
+MAX_POLL_SECONDS = 0.25
+UNREADABLE_NPZ = "not a readable .npz file (a zip of .npy arrays)"
+
+
+def _job_images(session: Session, settings: Settings, owner_id: str, job_id: str) -> JobImages:
+    """What the images must match; 404 for another owner's job, 409 until it has succeeded."""
+    job = jobs_crud.get_job(session, owner_id, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    if job.status != "succeeded" or job.result is None or crud.ensemble_artifact(session, job_id) is None:
+        raise ProblemError(
+            409, f"job is {job.status}; predictions need a succeeded job's refined model", slug="not-finished"
+        )
+    try:
+        return job_images(
+            job.result, max_images=settings.predict_max_images, max_values=settings.predict_max_values
+        )
+    finally:
+        session.rollback()  # end the read transaction before the (long) stream
+
+
+def _count(path: Path, wanted: JobImages) -> int | None:
+    """The image count of an ``.npz`` from its header (CoreInputError naming the field); None for an
+    archive, whose images only the worker reads."""
+    if not path.name.endswith(".npz"):
+        return None
+    try:
+        return inspect_npz(path, image_shape=wanted.image_shape, max_images=wanted.max_images)
+    except CoreInputError:
+        raise
+    except Exception as exc:  # a reader error core does not name: the file is simply unreadable
+        log.info("prediction upload %s unreadable: %s: %s", path.name, type(exc).__name__, exc)
+        raise CoreInputError("npz", UNREADABLE_NPZ) from exc
+
+
+def _insert(
+    session: Session, row_id: str, job_id: str, owner_id: str, stored: StoredUpload, count: int | None
+) -> Prediction:
+    try:
+        row = crud.create_prediction(
+            session,
+            prediction_id=row_id,
+            job_id=job_id,
+            owner_id=owner_id,
+            filename=stored.filename,
+            size=stored.size,
+            sha256=stored.sha256,
+            path=stored.relative_path,
+            count=count,
+        )
+        session.commit()
+        return row
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def _undo(session: Session, row: Prediction) -> None:
+    session.delete(row)
+    session.commit()
+
+
+async def accept_prediction(
+    request: Request, session: Session, settings: Settings, owner_id: str, job_id: str
+) -> Prediction:
+    """Store the images, check what can be checked without the data, insert the queued row, commit,
+    enqueue ``predictions.run``. 422 naming the field for images that cannot fit the job; 503 (row and
+    file removed) when the broker refuses the message."""
+    wanted = await run_in_threadpool(_job_images, session, settings, owner_id, job_id)
+    row_id = new_id("pred")
+    relative_dir = f"jobs/{job_id}/predictions/{row_id}"
+    stored = await receive_upload(
+        request,
+        storage_dir=settings.storage_dir,
+        relative_dir=relative_dir,
+        stem="images",
+        allowed=DATASET_SUFFIXES,
+        max_bytes=settings.predict_max_upload_bytes,
+        chunk_bytes=settings.upload_chunk_bytes,
+    )
+    try:
+        count = await run_in_threadpool(_count, settings.storage_dir / stored.relative_path, wanted)
+        row = await run_in_threadpool(_insert, session, row_id, job_id, owner_id, stored, count)
+    except CoreInputError as exc:
+        remove_dir(settings.storage_dir, relative_dir)
+        raise field_error(422, exc.field, exc.problem, slug="validation-error") from exc
+    except BaseException:
+        remove_dir(settings.storage_dir, relative_dir)
+        raise
+    try:
+        await run_in_threadpool(enqueue, settings, TASK_PREDICT, [row_id])
+    except EnqueueError as exc:
+        await run_in_threadpool(_undo, session, row)
+        remove_dir(settings.storage_dir, relative_dir)
+        raise ProblemError(
+            503,
+            "the task broker is unavailable; the request was not kept, send it again",
+            slug="broker-unavailable",
+        ) from exc
+    return row
+
+
+def _read(settings: Settings, prediction_id: str) -> Prediction | None:
+    session = get_sessionmaker(settings.database_url)()
+    try:
+        return session.get(Prediction, prediction_id)
+    finally:
+        session.close()
+
+
+def _settled(row: Prediction, sync_max: int) -> bool:
+    return row.status in FINISHED_PREDICTION_STATUSES or (row.count is not None and row.count > sync_max)
+
+
+async def await_outcome(settings: Settings, row: Prediction) -> Prediction:
+    """The row once it has ended, or as it is when it is too large to wait for or the wait is over."""
+    sync_max = settings.predict_sync_max_images
+    deadline = time.monotonic() + settings.predict_sync_seconds
+    delay = FIRST_POLL_SECONDS
+    while not _settled(row, sync_max):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 1.5, MAX_POLL_SECONDS)
+        try:
+            row = await run_in_threadpool(_read, settings, row.id) or row
+        except SQLAlchemyError:  # the request is queued all the same: answer 202, the client polls
+            log.warning("prediction %s: database unavailable while waiting; answering 202", row.id)
+            break
+    return row
+
+
+def invalid_problem(row: Prediction) -> ProblemError:
+    """The 422 of a prediction whose images broke a rule (core's message: ``field: problem``)."""
+    _code, message = public_error(row.error)
+    field, sep, problem = (message or "").partition(": ")
+    if not sep:
+        field, problem = "file", message or "the images do not fit the job"
+    return ProblemError(
+        422, f"{field}: {problem}", slug="validation-error", errors=[FieldProblem(field, problem)]
+    )

@@ -1,0 +1,129 @@
+"""Predictions against the live stack (API, gpu, cpu and predict workers on Postgres and Redis): a
+small job's own images, predicted through HTTP and ruc_client, get exactly the refined assignments of
+its downloaded assignments.csv; a small request is answered at once (200), a large one (202) through
+its Location; an archive is read by the worker; images of another kind are a 422 naming the field."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from integration_support import Services, digits_npz, small_spec, wait_for
+from PIL import Image
+
+from ruc_client import ApiError, AsyncClient, Client, poll_job
+
+N_IMAGES = 300  # more than RUC_PREDICT_SYNC_MAX_IMAGES (256): the whole set takes the 202 route
+SMALL = 120
+
+
+def _npz(images: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, images=images)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def job(services: Services, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 1-epoch job on 300 digits, its images and the refined clusters of its assignments.csv."""
+    content = digits_npz(n=N_IMAGES)
+    images = np.load(io.BytesIO(content))["images"]
+    t0 = time.monotonic()
+    with Client(services.base_url, services.key) as client:
+        ds = client.wait_dataset(client.upload_dataset(content, filename="digits.npz").id, timeout_s=90)
+        assert ds.status == "ready", ds.reason
+        t1 = time.monotonic()
+        submitted = client.submit_job(small_spec(ds.id, epochs=1))
+        done = client.wait(submitted.id, timeout_s=300, progress=False, updates=poll_job(interval_s=0.3))
+        assert done.status == "succeeded", (done.error_code, done.error)
+        timings = client.get_result(done.id)["timings"]
+        print(f"dataset ready in {t1 - t0:.1f} s, job in {time.monotonic() - t1:.1f} s (stages: {timings})")
+        names = {a.name for a in client.list_artifacts(done.id)}
+        csv_path = client.download_artifact(
+            done.id, "assignments.csv", tmp_path_factory.mktemp("a") / "a.csv"
+        )
+    rows = list(csv.DictReader(csv_path.read_text().splitlines()))
+    return {
+        "id": done.id,
+        "images": images,
+        "refined": [int(r["refined_cluster"]) for r in rows],
+        "artifacts": names,
+    }
+
+
+def test_the_jobs_own_images_get_its_assignments_at_once_and_through_202(
+    services: Services, job: dict[str, Any]
+) -> None:
+    assert "model.onnx" in job["artifacts"], job["artifacts"]
+    route = f"/v1/jobs/{job['id']}/predictions"
+    with services.client() as http:
+        t0 = time.monotonic()
+        small = http.post(route, files={"file": ("small.npz", _npz(job["images"][:SMALL]))})
+        sync_s = time.monotonic() - t0
+        assert small.status_code == 200, small.text
+        assert small.json()["assignments"] == job["refined"][:SMALL]
+        t0 = time.monotonic()
+        large = http.post(route, files={"file": ("all.npz", _npz(job["images"]))})
+        accepted_s = time.monotonic() - t0
+        assert large.status_code == 202, large.text
+        assert large.json()["count"] == N_IMAGES and large.json()["assignments"] is None
+
+        def finished() -> dict[str, Any] | None:
+            body = http.get(large.headers["location"]).json()
+            return body if body["status"] not in ("queued", "running") else None
+
+        polled = wait_for(finished, 60, 0.2, "the large prediction")
+        done_s = time.monotonic() - t0
+    print(f"{SMALL} images answered in {sync_s:.2f} s (200)", end="; ")
+    print(f"{N_IMAGES}: 202 after {accepted_s:.2f} s, succeeded after {done_s:.2f} s")
+    assert polled["status"] == "succeeded", polled
+    equal = np.mean(np.array(polled["assignments"]) == np.array(job["refined"]))
+    print(f"predictions vs the job's assignments.csv: {equal:.3f} of {N_IMAGES} equal")
+    assert polled["assignments"] == job["refined"]
+    probs = np.array(polled["probabilities"])
+    assert probs.shape == (N_IMAGES, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
+
+
+def test_ruc_client_predicts_both_routes_and_names_what_does_not_fit(
+    services: Services, job: dict[str, Any], tmp_path: Path
+) -> None:
+    images = job["images"]
+    archive = tmp_path / "few.zip"  # a folder archive: its count is known only once the worker reads it
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(20):
+            png = io.BytesIO()
+            Image.fromarray(images[i, :, :, 0], mode="L").save(png, format="PNG")
+            zf.writestr(f"img/{i:02d}.png", png.getvalue())
+    colour = tmp_path / "colour.zip"  # RGB images for a grey job: only the worker can tell
+    with zipfile.ZipFile(colour, "w") as zf:
+        for i in range(3):
+            png = io.BytesIO()
+            Image.new("RGB", (8, 8), (200, 20 * i, 0)).save(png, format="PNG")
+            zf.writestr(f"{i}.png", png.getvalue())
+    with Client(services.base_url, services.key) as client:
+        few = client.predict(job["id"], archive)
+        assert few.status == "succeeded" and few.count == 20
+        assert few.assignments == job["refined"][:20]
+        # Found by the API from the .npz header, then by the worker in the archive: both a 422.
+        for file, name in ((_npz(np.zeros((4, 8, 8, 3), np.uint8)), "rgb.npz"), (colour, "colour.zip")):
+            with pytest.raises(ApiError) as err:
+                client.predict(job["id"], file, filename=name)
+            assert err.value.status == 422 and [e.field for e in err.value.errors] == ["images"], name
+            assert "3 channel(s) but the job's images have 1" in err.value.errors[0].problem
+
+    async def every_image() -> Any:
+        async with AsyncClient(services.base_url, services.key) as client:
+            return await client.predict(job["id"], _npz(images), filename="all.npz", interval_s=0.2)
+
+    whole = asyncio.run(every_image())  # 300 > 256 images: 202, then polled by the client
+    assert whole.assignments == job["refined"] and len(whole.probabilities) == N_IMAGES
+    with httpx.Client(base_url=services.base_url) as anonymous:
+        assert anonymous.get(f"/v1/jobs/{job['id']}/predictions/{whole.id}").status_code == 401

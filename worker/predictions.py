@@ -1,0 +1,134 @@
+"""Run one prediction: start its attempt, read the images with core's dataset readers under limits
+derived from the job, assign them with the job's ``core.predict.Predictor``, record the outcome.
+
+Every delivery of ``predictions.run`` starts an attempt (``service.db.crud.predictions``); the
+outcome is ``succeeded`` (assignments and probabilities), ``invalid`` (the images break a rule:
+``invalid_input: <field>: <problem>``, core's own words) or ``failed`` (a stable code: out of
+memory, the time limit, an internal error; the exception goes to the log). The uploaded file is
+removed once the outcome is written. Loaded ensembles stay cached per worker process (a few, by
+file and sha256), so a client sending many small requests pays the load once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from core.errors import CoreInputError
+from core.predict.inputs import job_images, prediction_limits
+from service.client_errors import TIME_LIMIT_EXCEEDED, format_error, stored_error
+from service.db.crud import predictions as crud
+from service.db.crud.predictions import PredictionStart
+from service.db.session import session_scope
+from service.settings import Settings, get_settings
+from service.storage import remove_dir, resolve_inside
+from worker.db_retry import OUTCOME_RETRY_DELAYS, with_db_retry, write_telemetry
+
+log = logging.getLogger(__name__)
+
+# Loaded ensembles kept per process: a ResNet-18 pair is ~90 MB, so a handful, not every job's.
+CACHED_ENSEMBLES = 2
+# Probabilities are stored and returned with 6 decimals: ample for float32 softmax outputs.
+PROBABILITY_DECIMALS = 6
+Outcome = tuple[str, str | None, dict[str, Any] | None]
+
+_cache: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _predictor(path: Path, sha256: str, device: str, image_shape: tuple[int, int, int]) -> Any:
+    from core.predict.predictor import Predictor
+
+    key = (str(path), sha256, device)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    predictor = Predictor.load(path, device=device, image_shape=image_shape)
+    with _cache_lock:
+        _cache[key] = predictor
+        while len(_cache) > CACHED_ENSEMBLES:
+            _cache.popitem(last=False)
+    return predictor
+
+
+def _device(device: str | None) -> str:
+    if device is not None:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _assign(prediction_id: str, start: PredictionStart, settings: Settings, device: str | None) -> Outcome:
+    """Read, check and assign; (status, stored error, result). Raises only what the caller maps."""
+    from core.datasets import load_dataset
+
+    if start.job_result is None or start.ensemble_path is None or start.ensemble_sha256 is None:
+        raise RuntimeError(f"prediction {prediction_id}: its job has no result or no refined ensemble")
+    wanted = job_images(
+        start.job_result, max_images=settings.predict_max_images, max_values=settings.predict_max_values
+    )
+    upload = resolve_inside(settings.storage_dir, start.path)
+    ensemble = resolve_inside(settings.storage_dir, start.ensemble_path)
+    if upload is None or ensemble is None:
+        raise RuntimeError(f"prediction {prediction_id}: a stored path leaves the storage folder")
+    dataset = load_dataset(upload, limits=prediction_limits(wanted.image_shape, wanted.max_images))
+    predictor = _predictor(ensemble, start.ensemble_sha256, _device(device), wanted.image_shape)
+    count = predictor.check(dataset.images, max_images=wanted.max_images)
+
+    def record() -> None:
+        with session_scope(settings.database_url) as s:
+            crud.record_count(s, prediction_id, count)
+
+    write_telemetry(record, what=f"prediction {prediction_id} count")
+    probs = predictor.predict(dataset.images).numpy()
+    result = {
+        "assignments": probs.argmax(axis=1).tolist(),
+        "probabilities": probs.astype("float64").round(PROBABILITY_DECIMALS).tolist(),
+    }
+    return "succeeded", None, result
+
+
+def _outcome(prediction_id: str, start: PredictionStart, settings: Settings, device: str | None) -> Outcome:
+    """``_assign`` with every failure mapped to an outcome; never raises."""
+    try:
+        return _assign(prediction_id, start, settings, device)
+    except CoreInputError as exc:
+        return "invalid", stored_error(exc), None
+    except SoftTimeLimitExceeded:  # Celery's soft limit of the task: predict_time_limit_seconds
+        limit = settings.predict_time_limit_seconds
+        return "failed", format_error(TIME_LIMIT_EXCEEDED, f"time limit of {limit} s exceeded"), None
+    except Exception as exc:  # the log has the exception; the row a stable code and message
+        log.exception("prediction %s failed", prediction_id)
+        return "failed", stored_error(exc), None
+
+
+def run_prediction_delivery(
+    prediction_id: str, *, settings: Settings | None = None, device: str | None = None
+) -> str:
+    """Handle one delivery of ``predictions.run``; returns the status written (or why nothing was)."""
+    settings = settings or get_settings()
+    with session_scope(settings.database_url) as s:
+        start = crud.start_prediction(s, prediction_id, max_attempts=settings.max_attempts)
+    if start.outcome != "started":
+        log.info("prediction %s: delivery dropped (%s)", prediction_id, start.outcome)
+        if start.outcome == "exhausted":
+            remove_dir(settings.storage_dir, str(Path(start.path).parent))
+        return start.outcome
+    status, error, result = _outcome(prediction_id, start, settings, device)
+
+    def finish() -> bool:
+        with session_scope(settings.database_url) as s:
+            return crud.finish_prediction(s, prediction_id, status=status, error=error, result=result)  # type: ignore[arg-type]
+
+    written = with_db_retry(finish, delays=OUTCOME_RETRY_DELAYS, what=f"prediction {prediction_id} outcome")
+    # The images are needed no more, whoever wrote the outcome.
+    remove_dir(settings.storage_dir, str(Path(start.path).parent))
+    log.info("prediction %s: %s (attempt %d)", prediction_id, status, start.attempt)
+    return status if written else "decided"
