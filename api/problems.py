@@ -151,8 +151,8 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def _allowed_methods(request: Request) -> str:
-    """Every method some route serves at this path. Starlette's 405 names only the first route whose
-    path matched, so ``OPTIONS /v1/jobs`` said ``Allow: POST`` although GET is served there too."""
+    """Every method some route serves at this path. Starlette's own 405 names only the first route whose
+    path matched: ``Allow: POST`` for ``/v1/jobs``, which serves GET too."""
     routes = request.app.router.routes
     allowed = [
         method

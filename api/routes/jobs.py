@@ -167,7 +167,8 @@ async def stream_events(
     job_id: str,
     owner: OwnerDep,
     settings: SettingsDep,
-    # Plain strings, "" for none: a header has no null, and `anyOf [string, null]` made clients send "null".
+    # Plain strings, "" for none: a header has no null, and from `anyOf [string, null]` a generated
+    # client may send the text "null".
     after: Annotated[
         str,
         Query(

@@ -1,6 +1,7 @@
-"""HTTP edges the schema fuzz (tests/reliability/test_schema_fuzz.py) found: the Allow header of a 405,
-JSON bodies json.loads cannot read, error responses declared as the problem+json they are, the event
-stream's cursor declared as what it accepts, and a replayed submit that gives its connection back."""
+"""HTTP edges that tests/reliability (schema fuzz, concurrent submits) also reach, checked in-process:
+the Allow header of a 405, JSON bodies json.loads cannot read, error responses declared as the
+problem+json they are, the event stream's cursor declared as what it accepts, and a replayed submit
+that gives its connection back."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ PROBLEM = "application/problem+json"
 
 
 def test_a_405_lists_every_method_of_the_path(client: TestClient, keys: Keys) -> None:
-    # Starlette named only the first route whose path matched: `Allow: POST` for /v1/jobs.
+    # Starlette's own 405 names only the first route whose path matched (`Allow: POST` for /v1/jobs).
     expected = {"/v1/jobs": "GET, POST", "/v1/jobs/job_x": "GET, DELETE", "/v1/jobs/job_x/cancel": "POST"}
     for path, allow in expected.items():
         r = client.request("PUT", path, headers=keys.a)
@@ -52,7 +53,7 @@ def test_stream_cursor_is_declared_and_checked(client: TestClient, keys: Keys) -
     op = client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}/events/stream"]["get"]
     schemas = {p["name"]: p["schema"] for p in op["parameters"] if p["name"] != "job_id"}
     pattern = r"^(([0-9]{1,18})-([0-9]{1,18})-([0-9a-f]{1,16}))?$"
-    # Plain strings: `anyOf [string, null]` made generated clients send the header as "null".
+    # Plain strings: from `anyOf [string, null]` a generated client may send the header as "null".
     assert {name: (s["type"], s["pattern"]) for name, s in schemas.items()} == {
         "after": ("string", pattern),
         "Last-Event-ID": ("string", pattern),
@@ -63,8 +64,8 @@ def test_stream_cursor_is_declared_and_checked(client: TestClient, keys: Keys) -
 
 
 def test_a_replayed_submit_ends_its_transaction(client: TestClient, keys: Keys, settings: Settings) -> None:
-    # A transaction left open kept its connection while FastAPI waited for a thread to validate the
-    # response; 1,000 concurrent replays deadlocked the pool that way (test_concurrent_submits.py).
+    # An open transaction keeps its connection while FastAPI waits for a thread to validate the
+    # response; enough concurrent replays then deadlock the pool (test_concurrent_submits.py).
     spec = JobSpec(dataset_id=ready_dataset(client, settings, keys.a), num_clusters=2)
     session = get_sessionmaker(settings.database_url)()
     try:

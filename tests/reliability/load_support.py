@@ -41,14 +41,16 @@ from service.db.models import Checkpoint, Dataset  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 __all__ = [
+    "Services",
     "api_only",
     "fresh_database",
+    "job_body",
     "private_redis",
     "queued_task_args",
     "ready_checkpoint",
     "ready_dataset",
-    "service_env",
     "run_bursts",
+    "service_env",
 ]
 
 # The facts validation would record for npz_bytes(6): six 4x4 grey images.
