@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -11,6 +12,7 @@ from api.guard import RequestGuard
 from api.observability import MetricsMiddleware, RequestMetrics
 from api.problems import install_problem_handlers
 from api.routes import include_routers
+from api.schemas.common import errors_as_problem_json
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """Refines image clusterings with RUC (Park et al., CVPR 2021).
@@ -55,6 +57,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = errors_as_problem_json(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.request_metrics = RequestMetrics()
     install_problem_handlers(app)
     include_routers(app)

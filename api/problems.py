@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.errors import CoreInputError
 
@@ -145,10 +146,51 @@ async def _on_validation(_request: Request, exc: Exception) -> JSONResponse:
     return problem_response(422, detail, slug="validation-error", title="Invalid request", errors=errors)
 
 
-async def _on_http(_request: Request, exc: Exception) -> JSONResponse:
+# Probed one by one: FastAPI nests included routers, so a route's methods are not listed anywhere flat.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path. Starlette's own 405 names only the first route whose
+    path matched: ``Allow: POST`` for ``/v1/jobs``, which serves GET too."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
+
+
+# FastAPI answers a JSON body that json.loads rejects with something other than a JSONDecodeError with a
+# bare 400; invalid JSON is a 422 naming `body` (``_validation_errors``), and so are these.
+_UNPARSABLE_BODY = {UnicodeDecodeError: "not UTF-8 text", RecursionError: "nested too deeply"}
+
+
+def _unparsable_body(exc: StarletteHTTPException) -> JSONResponse | None:
+    reason = next((r for t, r in _UNPARSABLE_BODY.items() if isinstance(exc.__cause__, t)), None)
+    if exc.status_code != 400 or reason is None:
+        return None
+    problem = f"body is not valid JSON: {reason}"
+    return problem_response(
+        422,
+        f"body: {problem}",
+        slug="validation-error",
+        title="Invalid request",
+        errors=[FieldProblem("body", problem)],
+    )
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    unparsable = _unparsable_body(exc)
+    if unparsable is not None:
+        return unparsable
     detail = exc.detail if isinstance(exc.detail, str) else _title(exc.status_code)
-    return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return problem_response(exc.status_code, detail, headers=headers or None)
 
 
 async def _on_core_input(_request: Request, exc: Exception) -> JSONResponse:

@@ -23,7 +23,7 @@ router = APIRouter(prefix="/checkpoints", tags=["checkpoints"], responses=proble
     "",
     status_code=201,
     response_model=CheckpointPublic,
-    responses=problem_responses(413, 415, 422, 503),
+    responses=problem_responses(413, 415, 422, 429, 503),
     openapi_extra=upload_request_body(CHECKPOINT_SUFFIXES),
     summary="Upload a model checkpoint (multipart field `file`); its kind is detected asynchronously",
     description="The query fields state what the weights cannot tell; validation checks them against the "

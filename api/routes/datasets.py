@@ -20,7 +20,7 @@ router = APIRouter(prefix="/datasets", tags=["datasets"], responses=problem_resp
     "",
     status_code=201,
     response_model=DatasetPublic,
-    responses=problem_responses(413, 415, 422, 503),
+    responses=problem_responses(413, 415, 422, 429, 503),
     openapi_extra=upload_request_body(DATASET_SUFFIXES),
     summary="Upload a dataset (multipart field `file`), validated asynchronously",
 )

@@ -50,7 +50,7 @@ def _owned_job(session: SessionDep, owner: str, job_id: str) -> Job:
     status_code=202,
     response_model=JobPublic,
     responses={
-        **problem_responses(404, 409, 413, 422, 503),
+        **problem_responses(404, 409, 413, 422, 429, 503),
         202: {"description": "Queued (or the original job, for a replayed Idempotency-Key)"},
     },
     summary="Submit a refinement job",
@@ -170,10 +170,22 @@ async def stream_events(
     job_id: str,
     owner: OwnerDep,
     settings: SettingsDep,
-    after: Annotated[str | None, Query(description="id of the last message seen (as Last-Event-ID)")] = None,
+    # Plain strings, "" for none: a header has no null, and from `anyOf [string, null]` a generated
+    # client may send the text "null".
+    after: Annotated[
+        str,
+        Query(
+            pattern=event_stream.CURSOR_PATTERN, description="id of the last message seen (as Last-Event-ID)"
+        ),
+    ] = "",
     last_event_id: Annotated[
-        str | None, Header(alias="Last-Event-ID", description="id of the last message seen")
-    ] = None,
+        str,
+        Header(
+            alias="Last-Event-ID",
+            pattern=event_stream.CURSOR_PATTERN,
+            description="id of the last message seen",
+        ),
+    ] = "",
 ) -> StreamingResponse:
     """Polling `GET /v1/jobs/{id}` keeps working; this pushes the same snapshots as they change."""
     return await event_stream.open_stream(settings, owner, job_id, last_event_id or after)

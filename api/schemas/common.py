@@ -4,6 +4,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.problems import PROBLEM_MEDIA_TYPE
+
 
 class PublicModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -44,10 +46,36 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         s: {
             "model": Problem,
             "description": descriptions.get(s, "Error"),
-            "content": {"application/problem+json": {}},
+            "content": {PROBLEM_MEDIA_TYPE: {}},
         }
         for s in statuses
     }
+
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+# FastAPI's own 422 shape; this API never sends it (api/problems.py answers every error as a Problem).
+_FASTAPI_422_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def errors_as_problem_json(document: dict[str, Any]) -> dict[str, Any]:
+    """Declare every 4xx/5xx answer as what the server sends: ``application/problem+json``, a Problem.
+
+    FastAPI files a response ``model`` under ``application/json`` (so clients and schema checkers never
+    matched the Problem schema to the real media type) and adds its own 422 (HTTPValidationError) to
+    routes that list no 422. Rewritten in place; returns ``document``.
+    """
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            for status, response in operation.get("responses", {}).items():
+                if status[:1] not in ("4", "5"):
+                    continue
+                response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": dict(PROBLEM_REF)}}
+                if response.get("description") == "Validation Error":  # FastAPI's default 422
+                    response["description"] = "Invalid input; `errors` names each field"
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in _FASTAPI_422_SCHEMAS:
+        schemas.pop(name, None)
+    return document
 
 
 def upload_request_body(suffixes: tuple[str, ...]) -> dict[str, Any]:

@@ -28,7 +28,10 @@ from service.settings import Settings
 
 RECONNECT_MS = 1000
 PING = ": ping\n\n"
-_CURSOR = re.compile(r"(\d{1,18})-(\d{1,18})-([0-9a-f]{1,16})")
+_CURSOR = re.compile(r"([0-9]{1,18})-([0-9]{1,18})-([0-9a-f]{1,16})")
+# What the `after` query and the Last-Event-ID header accept, declared in the OpenAPI document: a
+# message id, or empty for "from the start".
+CURSOR_PATTERN = f"^({_CURSOR.pattern})?$"
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,12 @@ def _replay(session: Session, settings: Settings, existing: Job, digest: str) ->
         session.commit()
         session.refresh(existing)
         _enqueue_or_fail(session, settings, existing)
+    # End the read transaction here, in the route's thread, so the connection goes back to the pool.
+    # Held until the request's teardown, it stays checked out while FastAPI waits for a second thread-pool
+    # slot to validate the response: with more concurrent replays than connections, every connection is
+    # held that way while every slot waits for one, a deadlock until the pool timeout answers 500s
+    # (tests/reliability/test_concurrent_submits.py).
+    session.commit()
     return Submission(existing, replayed=True)
 
 
