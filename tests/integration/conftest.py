@@ -4,58 +4,30 @@ Redis database number, and the API plus a gpu and a cpu Celery worker as subproc
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from integration_support import (
-    PG_ADMIN_URL,
     REDIS_HOST,
     Services,
-    _pg_available,
     _redis_available,
     create_key,
+    fresh_database,
     service_env,
 )
-
-
-@contextmanager
-def _fresh_database() -> Iterator[str]:
-    """SQLAlchemy URL of a new, migrated database, dropped on exit."""
-    if not _pg_available():
-        pytest.fail(f"Postgres not reachable at {PG_ADMIN_URL} (run .ci/run, which starts it)")
-    import psycopg
-
-    name = f"ruc_it_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    url = f"{base}/{name}"
-    from service.db.migrate import upgrade_head
-
-    upgrade_head(url)
-    try:
-        yield url
-    finally:
-        from service.db.session import dispose_engines
-
-        dispose_engines()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """The session's database, shared with the ``services`` workers (whose sweepers act on it)."""
-    with _fresh_database() as url:
+    with fresh_database() as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def private_pg_url() -> Iterator[str]:
     """A database of the module's own: no live worker's sweeper can take its rows."""
-    with _fresh_database() as url:
+    with fresh_database() as url:
         yield url
 
 

@@ -11,12 +11,15 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("RUC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -43,6 +46,31 @@ def _redis_available() -> bool:
         return bool(redis.Redis.from_url(REDIS_HOST + "/0", socket_timeout=3).ping())
     except Exception:
         return False
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """SQLAlchemy URL of a new, migrated database, dropped on exit."""
+    if not _pg_available():
+        pytest.fail(f"Postgres not reachable at {PG_ADMIN_URL} (run .ci/run, which starts it)")
+    import psycopg
+
+    name = f"ruc_it_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    url = f"{base}/{name}"
+    from service.db.migrate import upgrade_head
+
+    upgrade_head(url)
+    try:
+        yield url
+    finally:
+        from service.db.session import dispose_engines
+
+        dispose_engines()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def service_env(data_dir: Path, database_url: str, broker_url: str, **extra: str) -> dict[str, str]:
