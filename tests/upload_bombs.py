@@ -167,3 +167,16 @@ def zip_with(path: Path, name: str) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr(zipfile.ZipInfo(name), b"x")
     return path
+
+
+def safetensors_with(path: Path, **metadata: str) -> Path:
+    """A valid 1-channel small_cnn clustering checkpoint, ``metadata`` (say, NaN stats) in its header."""
+    from safetensors.torch import save_file
+
+    from core.models import ClusteringModel, build_backbone
+
+    torch.manual_seed(0)
+    backbone, dim = build_backbone("small_cnn", in_channels=1)
+    state = {k: v.contiguous() for k, v in ClusteringModel(backbone, dim, 2).state_dict().items()}
+    save_file(state, str(path), metadata=metadata or None)
+    return path
