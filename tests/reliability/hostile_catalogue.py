@@ -129,7 +129,8 @@ def _complete(answer: bytes) -> bool:
 
 
 def raw(ctx: Ctx, request: bytes) -> Sent:
-    """Bytes on a socket; the answer read until the server closes."""
+    """Bytes on a socket; the answer read to the end its Content-Length gives, or until the server
+    closes."""
     host, port = ctx.base_url.removeprefix("http://").rsplit(":", 1)
     answer = b""
     with socket.create_connection((host, int(port)), timeout=20) as sock:

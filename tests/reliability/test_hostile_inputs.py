@@ -186,7 +186,9 @@ def _check_upload(row: Row, client: httpx.Client, log: str, clean: int, extra_le
     row.peak = _child_peak(log, upload_id) or 0
     if row.outcome != "invalid" or not re.search(row.case.pattern, row.reason):
         row.problems.append(f"{row.outcome}: reason does not match {row.case.pattern!r}")
-    if row.peak - clean > CHILD_GROWTH_BOUND:
+    if not row.peak:
+        row.problems.append("the worker logged no child peak for it")
+    elif row.peak - clean > CHILD_GROWTH_BOUND:
         row.problems.append(f"child peak {row.peak / MiB:.0f} MiB, clean {clean / MiB:.0f} MiB")
     row.problems += [f"leaks {p}" for p in _leaks(body, row.sent.echo, extra_leaks)]
 
