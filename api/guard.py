@@ -1,11 +1,14 @@
-"""The request guard: authentication and the body cap, on the ASGI stream, before any route reads a byte.
+"""The request guard: framing checks, authentication and the body cap, on the ASGI stream, before any
+route reads a byte.
 
 FastAPI reads a JSON body before it solves dependencies, so a key checked in a dependency would be
 checked only after the whole body sat in memory. This middleware therefore authenticates every
 ``/v1`` request from its headers alone (the owner id goes to ``request.state.owner_id``) and counts
 the bytes of every other body as they arrive: the first chunk past ``Settings.max_body_bytes`` ends
 the request with a 413, whether the client declared a Content-Length or sent it chunked. Uploads
-stream to disk under their own limit (``api/uploads.py``) and are only authenticated here.
+stream to disk under their own limit (``api/uploads.py``) and are only authenticated here. Before
+all that, a request whose line and headers exceed ``Settings.max_header_bytes`` is a 431 and one
+that declares both Content-Length and Transfer-Encoding a 400.
 """
 
 from __future__ import annotations
@@ -68,6 +71,28 @@ def _header(scope: Scope, wanted: bytes) -> str | None:
     return None
 
 
+def _framing_problem(scope: Scope, max_header_bytes: int) -> ProblemError | None:
+    """431 for a request line and headers over the cap (h11 enforces it only on a request that
+    arrives in several reads); 400 for both Content-Length and Transfer-Encoding, a request two
+    parsers may frame differently (smuggling). Both close the connection."""
+    headers = scope.get("headers") or ()
+    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    size += sum(len(name) + len(value) + 4 for name, value in headers)
+    close = {"Connection": "close"}
+    if size > max_header_bytes:
+        return ProblemError(
+            431,
+            f"request line and headers over {max_header_bytes} bytes (RUC_MAX_HEADER_BYTES)",
+            slug="header-too-large",
+            headers=close,
+        )
+    names = {name for name, _ in headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        problem = "send either Content-Length or Transfer-Encoding, not both"
+        return ProblemError(400, problem, slug="bad-framing", headers=close)
+    return None
+
+
 async def _answer(exc: ProblemError, scope: Scope, receive: Receive, send: Send) -> None:
     response = problem_response(exc.status, exc.detail, slug=exc.slug, headers=exc.headers)
     await response(scope, receive, send)
@@ -81,6 +106,10 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        refused = _framing_problem(scope, self.settings.max_header_bytes)
+        if refused is not None:
+            await _answer(refused, scope, receive, send)
             return
         path: str = scope.get("path", "")
         if path == API_PREFIX or path.startswith(API_PREFIX + "/"):

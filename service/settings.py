@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="Cap of every non-upload request body, counted on the receive stream (over it: 413)",
     )
+    max_header_bytes: int = Field(
+        default=16 * KiB,
+        ge=1024,
+        description="Cap of a request's line and headers together, enforced by the HTTP parser before the "
+        "app sees the request (over it: 400 and the connection closed)",
+    )
     metrics_token: str = Field(
         default="",
         description="Bearer token of GET /metrics; when set, /metrics needs it and adds job counts by status",

@@ -1,5 +1,6 @@
 """Hostile uploads, built on the fly. Most are small files that claim a lot of memory when read
-naively (constant memory in the test process: big payloads are streamed in 1 MiB chunks).
+naively (constant memory in the test process: big payloads are streamed in 1 MiB chunks); the rest
+escape the archive (links, ``..``), nest, or carry pickles that run code when loaded unsafely.
 
 Each was measured against the readers before they checked for it (extra RSS of one read):
 ``deflated_pt`` +382 MB in torch.load at 400 MB, ``pax_tar_gz`` +1 GB at 1 GB, ``zero_itemsize_npz``
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import struct
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -73,16 +76,14 @@ def zero_itemsize_npz(path: Path, *, count: int) -> Path:
 def many_entries_zip(path: Path, *, entries: int, claimed: int | None = None) -> Path:
     """A zip whose central directory lists ``entries`` empty members (no local data); the end record
     says ``claimed`` entries (default: the truth; a lie hides them from a count-only check)."""
-    rows = []
-    for i in range(entries):
-        name = f"{i:x}".encode()
-        rows.append(
-            struct.pack(
-                "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0, 0, 0, 0, 0, 0
-            )
-            + name
-        )
-    directory = b"".join(rows)
+    width = len(f"{max(entries - 1, 0):x}")  # names 0, 1, ... in hex, zero-padded to one width
+    head = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, width, 0, 0, 0, 0, 0, 0)
+    rows = np.empty((entries, len(head) + width), np.uint8)  # built as one array: 1M rows in ~0.1 s
+    rows[:, : len(head)] = np.frombuffer(head, np.uint8)
+    digits = np.frombuffer(b"0123456789abcdef", np.uint8)
+    for place in range(width):
+        rows[:, len(head) + width - 1 - place] = digits[(np.arange(entries) >> (4 * place)) & 15]
+    directory = rows.tobytes()
     zip64 = claimed is None and entries >= 0xFFFF
     shown = 0xFFFF if zip64 else (entries if claimed is None else claimed)
     eocd = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, shown, shown, len(directory), 0, 0)
@@ -105,3 +106,77 @@ def undecodable_tar(path: Path) -> Path:
 
 # What a reader says about it, as stored: the bytes escaped, the text valid UTF-8.
 UNDECODABLE_REASON = r"archive:cat/\xff\x07img.png: unreadable image: UnidentifiedImageError"
+
+
+class _Run:
+    """Unpickling this runs ``code``: what a malicious checkpoint carries."""
+
+    def __init__(self, code: str, via_system: bool = False) -> None:
+        self.code, self.via_system = code, via_system
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (self.code,)) if self.via_system else (exec, (self.code,))
+
+
+def pickle_pt(path: Path, marker: Path, *, legacy: bool) -> Path:
+    """A torch checkpoint whose pickle writes ``marker`` when loaded without weights_only."""
+    payload = _Run(f"touch {marker}", via_system=True) if legacy else _Run(f"open({str(marker)!r}, 'w')")
+    torch.save({"w": torch.zeros(2), "x": payload}, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def _png(width: int, height: int, idat: bytes) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def tiny_png() -> bytes:
+    """A valid 4x4 grey PNG."""
+    return _png(4, 4, zlib.compress(bytes(5) * 4))
+
+
+def png_bomb_zip(path: Path, *, side: int) -> Path:
+    """A zip of a good image and a real side x side zero PNG (side**2 bytes from ~side**2/1000)."""
+    comp = zlib.compressobj(1)
+    row = bytes(side + 1)  # filter byte + pixels
+    per = max(1, MiB // len(row))
+    idat = b"".join(comp.compress(row * min(per, side - done)) for done in range(0, side, per))
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("cls/ok.png", tiny_png())
+        zf.writestr("cls/bomb.png", _png(side, side, idat + comp.flush()))
+    return path
+
+
+def tar_with(path: Path, name: str, *, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> Path:
+    """A tar of one good image ``a/ok.png`` and one member ``name`` of type ``kind``."""
+    png = tiny_png()
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for member_name, member_kind in (("a/ok.png", tarfile.REGTYPE), (name, kind)):
+            info = tarfile.TarInfo(member_name)
+            info.type, info.linkname = member_kind, linkname if member_kind != tarfile.REGTYPE else ""
+            info.size = len(png) if member_kind == tarfile.REGTYPE else 0
+            tf.addfile(info, io.BytesIO(png) if member_kind == tarfile.REGTYPE else None)
+    return path
+
+
+def zip_with(path: Path, name: str) -> Path:
+    """A zip of one member called ``name`` (what a reader must refuse rather than resolve)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(zipfile.ZipInfo(name), b"x")
+    return path
+
+
+def safetensors_with(path: Path, **metadata: str) -> Path:
+    """A valid 1-channel small_cnn clustering checkpoint, ``metadata`` (say, NaN stats) in its header."""
+    from safetensors.torch import save_file
+
+    from core.models import ClusteringModel, build_backbone
+
+    torch.manual_seed(0)
+    backbone, dim = build_backbone("small_cnn", in_channels=1)
+    state = {k: v.contiguous() for k, v in ClusteringModel(backbone, dim, 2).state_dict().items()}
+    save_file(state, str(path), metadata=metadata or None)
+    return path

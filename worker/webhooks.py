@@ -2,10 +2,9 @@
 
 A callback URL is a request the service makes on a caller's behalf, so it is treated as hostile:
 
-* only ``http``/``https``; the host is resolved once and every address must be public (not loopback,
-  private, link-local such as 169.254.169.254, shared, multicast, reserved or unspecified, IPv4-mapped
-  and other IPv6 forms of those included) unless ``RUC_WEBHOOK_ALLOW_HOSTS`` names the host or a
-  network holding its address;
+* only ``http``/``https``; the host is resolved once and every address must be one
+  ``service.callback_urls`` permits (public, or allow-listed by ``RUC_WEBHOOK_ALLOW_HOSTS``); the API
+  refused the URLs it could judge at submit, this check is the one that counts;
 * the connection goes to the address that was checked (the Host header and TLS SNI / certificate
   check carry the name), so a second DNS answer cannot switch it (DNS rebinding);
 * one deadline (``DEADLINE_SECONDS``) bounds resolving, connecting, TLS, sending and reading together,
@@ -27,18 +26,17 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import json
 import os
 import secrets
 import socket
 import ssl
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from service.callback_urls import AllowList, IpAddress, resolve
 from service.settings import Settings
 
 DEADLINE_SECONDS = 5.0
@@ -47,9 +45,6 @@ MAX_ATTEMPTS = 6
 SECRET_FILE = "webhook_secret"
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "ruc-service-webhooks"
-
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 @dataclass(frozen=True)
@@ -69,60 +64,6 @@ class NoAnswer(Exception):
 
 
 # --- addresses -----------------------------------------------------------------------------------
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-def is_public(ip: IpAddress) -> bool:
-    """True for a globally routable unicast address (an IPv6 form of an IPv4 one is judged as IPv4)."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        inner = _embedded_ipv4(ip)
-        if inner is not None:
-            return is_public(inner)
-    bad = ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_loopback or ip.is_link_local
-    return ip.is_global and not bad
-
-
-def _allow_list(settings: Settings) -> tuple[set[str], list[ipaddress.IPv4Network | ipaddress.IPv6Network]]:
-    names: set[str] = set()
-    networks = []
-    for item in (part.strip() for part in settings.webhook_allow_hosts.split(",")):
-        if not item:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            names.add(item.lower().rstrip("."))
-    return names, networks
-
-
-def _resolve(host: str, port: int, deadline: float) -> list[tuple[int, IpAddress]]:
-    """getaddrinfo under the deadline (the resolver has its own, longer timeouts)."""
-    found: list[Any] = []
-    done = threading.Event()
-
-    def run() -> None:
-        with contextlib.suppress(OSError, UnicodeError):
-            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        done.set()
-
-    threading.Thread(target=run, name="webhook-dns", daemon=True).start()
-    done.wait(max(0.0, deadline - time.monotonic()))
-    out = []
-    for family, _type, _proto, _name, sockaddr in list(found) if done.is_set() else []:
-        with contextlib.suppress(ValueError):
-            out.append((family, ipaddress.ip_address(sockaddr[0].split("%", 1)[0])))
-    return out
 
 
 @dataclass(frozen=True)
@@ -147,24 +88,24 @@ def vet(url: str, settings: Settings, deadline: float) -> Target:
     """Parse, resolve and check ``url``; raises Refused (permanent) or NoAnswer (DNS failed)."""
     try:
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        given = parts.port
     except ValueError as exc:
         raise Refused("callback refused: invalid URL") from exc
+    if given == 0:  # not "the default port", which ``parts.port or 80`` would make of it
+        raise Refused("callback refused: invalid URL")
+    port = given or (443 if parts.scheme == "https" else 80)
     if parts.scheme not in ("http", "https"):
         raise Refused("callback refused: only http and https URLs are called")
     host = (parts.hostname or "").rstrip(".")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not host or any(ord(c) <= 32 or ord(c) == 127 for c in host + target):
         raise Refused("callback refused: invalid URL")
-    addresses = _resolve(host, port, deadline)
+    addresses = resolve(host, port, deadline)
     if not addresses:
         raise NoAnswer("host did not resolve")
-    names, networks = _allow_list(settings)
-    allowed = host.lower() in names
-    for _family, ip in addresses:
-        plain = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
-        if not (allowed or is_public(ip) or any(plain in net for net in networks)):
-            raise Refused("callback refused: address not public")
+    allowed = AllowList.of(settings)
+    if not all(allowed.permits(host, ip) for _family, ip in addresses):
+        raise Refused("callback refused: address not public")
     family, ip = addresses[0]
     return Target(parts.scheme, host, port, target, family, ip)
 

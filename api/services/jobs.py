@@ -17,6 +17,7 @@ from api.problems import FieldProblem, ProblemError, field_error
 from api.queue import EnqueueError, enqueue
 from api.quotas import check_active_jobs
 from core.spec import JobSpec
+from service.callback_urls import submit_problem
 from service.client_errors import BROKER_UNAVAILABLE, BROKER_UNAVAILABLE_MESSAGE, format_error, public_reason
 from service.db.crud import checkpoints as ck_crud
 from service.db.crud import datasets as ds_crud
@@ -122,6 +123,15 @@ def _check_memory(
     )
 
 
+def _check_callback_url(settings: Settings, spec: JobSpec) -> None:
+    """422 for a callback_url the worker would refuse to call (its address, user info, port 0)."""
+    if spec.callback_url is None:
+        return
+    problem = submit_problem(str(spec.callback_url), settings)
+    if problem is not None:
+        raise field_error(422, "callback_url", problem)
+
+
 @dataclass
 class Submission:
     job: Job
@@ -188,6 +198,7 @@ def submit_job(
         if existing is not None:
             return _replay(session, settings, existing, digest)
     dataset, backbone, vit = _check_inputs(session, owner_id, spec)
+    _check_callback_url(settings, spec)
     _check_memory(settings, spec, dataset, backbone, vit)
     check_active_jobs(session, settings, owner_id)
     job_id = new_id("job")

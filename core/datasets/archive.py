@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from core.datasets.archive_readers import (
     ARCHIVE_FIELD,
@@ -99,6 +99,12 @@ def _decode(name: str, data: bytes, limits: ArchiveLimits) -> tuple[np.ndarray, 
     except Image.DecompressionBombError as err:
         raise CoreInputError(
             member_field(name), f"image has too many pixels (decompression bomb?): {err}"
+        ) from None
+    except UnidentifiedImageError:
+        # PIL's own text names the in-memory buffer by its address, which is no business of a client.
+        raise CoreInputError(
+            member_field(name),
+            f"unreadable image: UnidentifiedImageError: not a {'/'.join(_PIL_FORMATS)} image",
         ) from None
     except Exception as err:  # noqa: BLE001 - PIL raises many types for bad input; all mean "unreadable"
         raise CoreInputError(member_field(name), f"unreadable image: {type(err).__name__}: {err}") from None

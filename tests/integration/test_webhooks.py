@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from integration_support import Services, digits_npz, upload, wait_for, wait_upload
 
+from service import callback_urls
 from service.db.crud import job_runs
 from service.db.models import Job, new_id
 from service.db.session import dispose_engines, session_scope
@@ -191,8 +192,8 @@ def test_public_address_checks() -> None:
         "255.255.255.255",
         "::",
     ]
-    assert [webhooks.is_public(ipaddress.ip_address(a)) for a in public] == [True] * len(public)
-    assert [webhooks.is_public(ipaddress.ip_address(a)) for a in private] == [False] * len(private)
+    assert [callback_urls.is_public(ipaddress.ip_address(a)) for a in public] == [True] * len(public)
+    assert [callback_urls.is_public(ipaddress.ip_address(a)) for a in private] == [False] * len(private)
 
 
 def test_a_drip_feeding_server_is_cut_at_the_deadline(settings: Settings, server_factory: Any) -> None:
