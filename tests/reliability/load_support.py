@@ -2,7 +2,7 @@
 made ready without a worker, and the load generator (one OS process's burst of concurrent submits).
 
 Reuses the integration suite's process helpers (``integration_support``) and the API suite's
-``mark_ready``; their folders go on ``sys.path`` here, as pytest does for the tests inside them.
+``mark_ready`` (tests/reliability/conftest.py puts their folders on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -12,21 +12,14 @@ import base64
 import contextlib
 import json
 import multiprocessing
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-_TESTS = Path(__file__).resolve().parents[1]
-for _folder in ("integration", "api"):
-    if str(_TESTS / _folder) not in sys.path:
-        sys.path.append(str(_TESTS / _folder))
-
-from api_support import mark_ready, npz_bytes  # noqa: E402
-from integration_support import (  # noqa: E402
+from api_support import mark_ready, npz_bytes
+from integration_support import (
     Services,
     create_key,
     free_port,
@@ -37,8 +30,8 @@ from integration_support import (  # noqa: E402
     wait_for,
 )
 
-from service.db.models import Checkpoint, Dataset  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.db.models import Checkpoint, Dataset
+from service.settings import Settings
 
 __all__ = [
     "Services",

@@ -34,7 +34,7 @@ from hostile_catalogue import (
     upload,
     upload_cases,
 )
-from integration.integration_support import (
+from integration_support import (
     CLI,
     REDIS_HOST,
     REPO,
