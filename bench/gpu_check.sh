@@ -54,7 +54,7 @@ step() {
 }
 
 # On a machine without CUDA these tests skip: the step still proves they collect and import.
-step cuda_tests "$PY" -m pytest -q -m cuda -p no:cacheprovider tests
+step cuda_tests "$PY" -m pytest -q -m cuda -p no:cacheprovider tests/core
 step service_job "$PY" bench/service_job.py "${job_args[@]}" --summary "$summary"
 step ruc_epoch "$PY" bench/ruc_epoch.py "${epoch_args[@]}" --summary "$summary"
 step kmeans "$PY" bench/kmeans.py "${kmeans_args[@]}" --summary "$summary"

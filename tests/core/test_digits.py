@@ -15,6 +15,10 @@ Measured per seed, base -> refined (2026-12-01, this trainer and these defaults)
 * 30 epochs: accuracy 0.816 -> 0.831, 0.820 -> 0.844, 0.779 -> 0.801 (mean +2.0 points);
   ECE 0.091 -> 0.020, 0.086 -> 0.031, 0.128 -> 0.035.
 
+The suite runs the 10-epoch budget (the short one a user on a tight budget sets; the one the old
+defaults broke); the 30-epoch figures come from ``bench/ruc_quality.py digits --seeds 0,1,2 --epochs 30``,
+which costs 3.5 minutes on this machine and is kept out of the suite's 20-minute budget.
+
 Before these defaults (A.2's absolute values: B = 200, eps = 0.5, hybrid at tau1 = 0.99, lambda_u
 ramped over 200 epochs) the same 10-epoch jobs lost 11 to 17 points (0.703, 0.651, 0.614).
 """
@@ -45,7 +49,7 @@ def _defaults_job(epochs: int, seed: int) -> JobSpec:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("epochs", [10, 30])
+@pytest.mark.parametrize("epochs", [10])
 def test_ruc_with_defaults_beats_its_base_on_digits_over_three_seeds(
     digits_dataset, tmp_path: Path, epochs: int
 ) -> None:
