@@ -12,6 +12,7 @@ from api.observability import MetricsMiddleware, RequestMetrics
 from api.problems import install_problem_handlers
 from api.routes import include_routers
 from service.settings import Settings, get_settings
+from service.storage import get_storage
 
 DESCRIPTION = """Refines image clusterings with RUC (Park et al., CVPR 2021).
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
+    app.state.storage = get_storage(settings)
     app.state.request_metrics = RequestMetrics()
     install_problem_handlers(app)
     include_routers(app)
