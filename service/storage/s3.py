@@ -90,7 +90,7 @@ class _MultipartWriter(ObjectWriter):
                 Key=self._name,
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=bytes(self._buffer),
+                Body=self._buffer,
             )
         except Exception as exc:
             self.abort()
@@ -102,7 +102,7 @@ class _MultipartWriter(ObjectWriter):
         client, bucket = self._store.client, self._store.bucket
         try:
             if self._upload_id is None:
-                client.put_object(Bucket=bucket, Key=self._name, Body=bytes(self._buffer))
+                client.put_object(Bucket=bucket, Key=self._name, Body=self._buffer)
             else:
                 if self._buffer:
                     self._flush_part()
@@ -155,12 +155,13 @@ class S3Storage(Storage):
     def put_file(self, key: str, path: Path, *, move: bool = False) -> int:
         from boto3.s3.transfer import TransferConfig
 
+        name = self.name(key)
         size = Path(path).stat().st_size
         config = TransferConfig(
             multipart_threshold=self.part_bytes, multipart_chunksize=self.part_bytes, max_concurrency=4
         )
         try:
-            self.client.upload_file(str(path), self.bucket, self.name(key), Config=config)
+            self.client.upload_file(str(path), self.bucket, name, Config=config)
         except Exception as exc:
             raise _failure(f"upload of {key}", exc) from exc
         if move:
@@ -168,8 +169,9 @@ class S3Storage(Storage):
         return size
 
     def open(self, key: str) -> BinaryIO:
+        name = self.name(key)
         try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=self.name(key))
+            answer = self.client.get_object(Bucket=self.bucket, Key=name)
         except Exception as exc:
             if _is_missing(exc):
                 raise ObjectNotFound(key) from None
@@ -177,8 +179,9 @@ class S3Storage(Storage):
         return answer["Body"]
 
     def stat(self, key: str) -> ObjectInfo | None:
+        name = self.name(key)
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self.name(key))
+            head = self.client.head_object(Bucket=self.bucket, Key=name)
         except Exception as exc:
             if _is_missing(exc):
                 return None
@@ -201,8 +204,9 @@ class S3Storage(Storage):
         return sorted(out, key=lambda o: o.key)
 
     def delete(self, key: str) -> None:
+        name = self.name(key)
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.name(key))
+            self.client.delete_object(Bucket=self.bucket, Key=name)
         except Exception as exc:
             if not _is_missing(exc):
                 raise _failure(f"delete of {key}", exc) from exc
