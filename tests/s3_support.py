@@ -33,17 +33,20 @@ class MotoS3:
 
     endpoint: str
     proc: subprocess.Popen[bytes]
+    _client: Any = None
 
     def client(self) -> Any:
-        import boto3
+        if self._client is None:
+            import boto3
 
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name=REGION,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-        )
+            self._client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=self.endpoint,
+                region_name=REGION,
+                aws_access_key_id=ACCESS_KEY,
+                aws_secret_access_key=SECRET_KEY,
+            )
+        return self._client
 
     def new_bucket(self) -> str:
         name = f"ruc-test-{uuid.uuid4().hex[:12]}"

@@ -42,9 +42,19 @@ def _failure(what: str, exc: Exception) -> StorageError:
     return StorageError(f"s3 {what} failed: {type(exc).__name__}: {exc}")
 
 
-def s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client from the settings; empty credentials fall back to boto3's default chain."""
+_sessions: dict[int, Any] = {}
+
+
+def _session() -> Any:
+    """One boto3 session per process: each new session loads the S3 service model again (~0.5 s)."""
     import boto3
+
+    return _sessions.setdefault(os.getpid(), boto3.session.Session())
+
+
+def s3_client(settings: Settings) -> Any:
+    """A boto3 S3 client from the settings; empty credentials fall back to boto3's default chain.
+    Called under ``get_storage``'s lock: boto3 sessions are not thread-safe."""
     from botocore.config import Config
 
     config = Config(
@@ -55,7 +65,7 @@ def s3_client(settings: Settings) -> Any:
         s3={"addressing_style": "path"} if settings.s3_endpoint_url else {},
     )
     secret = settings.s3_secret_access_key.get_secret_value()
-    return boto3.session.Session().client(
+    return _session().client(
         "s3",
         endpoint_url=settings.s3_endpoint_url or None,
         region_name=settings.s3_region or None,
