@@ -152,3 +152,93 @@ def test_resume_files_reach_an_attempt_on_another_machine(moto: MotoS3, bucket: 
 
     artifacts.clean_after_success(second, store, lease2)
     assert store.list("jobs/job_r") == [] and not (second.scratch_dir / "jobs" / "job_r").exists()
+
+
+@pytest.fixture
+def s3_settings(
+    moto: MotoS3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """The process's settings (what ``worker.gc`` reads): SQLite, the s3 backend on a prefix of its own."""
+    from service.db.migrate import upgrade_head
+    from service.db.session import dispose_engines
+    from service.settings import get_settings
+
+    for key in ("RUC_DATABASE_URL", "RUC_BROKER_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RUC_DATA_DIR", str(tmp_path / "data"))
+    for key, value in moto.env(bucket, prefix=f"{PREFIX}/gc-{tmp_path.name}").items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    dispose_engines()
+    settings = get_settings()
+    upgrade_head(settings.database_url)
+    yield settings
+    dispose_engines()
+    get_settings.cache_clear()
+
+
+def test_retention_and_orphans_on_s3_cover_the_bucket_and_the_scratch(
+    s3_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_gc import _dataset, _ended_job
+    from test_worker_parts import _rows
+
+    from service.db.models import Artifact
+    from service.db.session import session_scope
+    from worker import gc
+
+    monkeypatch.setattr(gc, "ORPHAN_GRACE_SECONDS", 0)  # moto's objects cannot be dated back
+    store, scratch = get_storage(s3_settings), s3_settings.scratch_dir
+    rows = _rows()
+    failed, recent, ok = (
+        _ended_job(rows, st, d) for st, d in (("failed", 40), ("failed", 1), ("succeeded", 90))
+    )
+    bad, ready = _dataset(rows[0], "invalid", 45), _dataset(rows[0], "ready", 400)
+    for key, size in (
+        (f"jobs/{failed}/attempts/1/work/run_0_seed_0/ruc_checkpoint.pt", 1000),  # a synced resume file
+        (f"jobs/{failed}/artifacts/1/assignments.csv", 200),  # unpublished
+        (f"jobs/{recent}/attempts/1/work/base.pt", 500),
+        (f"jobs/{ok}/artifacts/1/result.json", 80),
+        (f"jobs/{ok}/artifacts/2/stale.csv", 70),
+        (f"datasets/{bad}/data.npz", 400),
+        (f"datasets/{ready}/data.npz", 700),
+        ("datasets/ds_gone/data.npz", 60),  # its row was deleted, the object was not
+    ):
+        store.put_bytes(key, b"x" * size)
+    with session_scope() as s:
+        s.add(
+            Artifact(
+                job_id=ok,
+                name="result.json",
+                path=f"jobs/{ok}/artifacts/1/result.json",
+                size=80,
+                sha256="0" * 64,
+                media_type="application/json",
+            )
+        )
+    for rel, size in (
+        (f"jobs/{failed}/attempts/1/work/base.pt", 300),
+        ("jobs/job_gone/attempts/1/work/base.pt", 30),
+        (f"validation/dataset/{ready}/datasets/{ready}/data.npz", 700),  # a crashed validation's copy
+    ):
+        (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+        (scratch / rel).write_bytes(b"y" * size)
+
+    removed = gc.collect_garbage(s3_settings, retention_days=30)
+    assert {r.path: r.bytes for r in removed} == {
+        f"jobs/{failed}/attempts": 1000,
+        f"jobs/{failed}/artifacts/1": 200,
+        f"jobs/{ok}/artifacts/2": 70,
+        f"datasets/{bad}": 400,
+        "datasets/ds_gone": 60,
+        f"scratch:jobs/{failed}/attempts": 300,
+        "scratch:jobs/job_gone": 30,
+        f"scratch:validation/dataset/{ready}": 700,
+    }
+    assert {o.key for o in store.list("jobs")} == {
+        f"jobs/{ok}/artifacts/1/result.json",
+        f"jobs/{recent}/attempts/1/work/base.pt",
+    }
+    assert [o.key for o in store.list("datasets")] == [f"datasets/{ready}/data.npz"]
+    assert _local_files(scratch) == []
+    assert gc.collect_garbage(s3_settings, retention_days=30) == []
