@@ -22,10 +22,9 @@ log = logging.getLogger("api.files")
 def download_response(storage: Storage, key: str, *, media_type: str, filename: str) -> Response | None:
     """The object as a response, or None when it is missing (the caller answers 404)."""
     try:
-        check_key(key)
-    except InvalidKey:  # a row naming a path outside the store
+        path = storage.local_path(check_key(key))
+    except InvalidKey:  # a row naming a path outside the store (``..``, a symlink out)
         return None
-    path = storage.local_path(key)
     if path is not None:
         return FileResponse(path, media_type=media_type, filename=filename) if path.is_file() else None
     info = storage.stat(key)
@@ -47,8 +46,8 @@ def download_response(storage: Storage, key: str, *, media_type: str, filename: 
 
 
 def remove_after_commit(storage: Storage, prefix: str) -> None:
-    """Delete a deleted row's objects; a failing store leaves them to the retention sweep's orphan pass
-    (the row is gone already, so the client's delete has succeeded)."""
+    """Delete the objects of a row that is gone (deleted, or never committed); a failing store leaves
+    them to the retention sweep's orphan pass, and the request's own answer stands."""
     try:
         storage.delete_prefix(prefix)
     except StorageError as exc:

@@ -63,9 +63,7 @@ def _fetch(storage: Storage, key: str, cache: Path, field: str, what: str) -> Pa
         raise CoreInputError(field, f"the file of {what} is missing from storage") from None
 
 
-def _resolve_checkpoints(
-    job: Job, spec: JobSpec, settings: Settings, storage: Storage, cache: Path
-) -> dict[str, Path]:
+def _resolve_checkpoints(job: Job, spec: JobSpec, storage: Storage, cache: Path) -> dict[str, Path]:
     """Checkpoint id -> file for every checkpoint the spec names; each must be the owner's and ready.
 
     Validation wrote the upload's statement (backbone, normalisation) beside the stored file; a copy
@@ -91,7 +89,7 @@ def _resolve_checkpoints(
     return out
 
 
-def _dataset_path(job: Job, settings: Settings, storage: Storage, cache: Path) -> Path:
+def _dataset_path(job: Job, storage: Storage, cache: Path) -> Path:
     with session_scope() as s:
         ds = job_runs.get_dataset(s, job.dataset_id)
         if ds is None or ds.owner_id != job.owner_id:
@@ -190,8 +188,8 @@ def _execute(
         note = _resume_note(settings, lease, work_dir)
         if note:
             hooks.on_event("info", note)
-        dataset = load_dataset(_dataset_path(job, settings, storage, cache))
-        checkpoints = _resolve_checkpoints(job, spec, settings, storage, cache)
+        dataset = load_dataset(_dataset_path(job, storage, cache))
+        checkpoints = _resolve_checkpoints(job, spec, storage, cache)
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         run_hooks = hooks.run_hooks()
         if settings.storage_backend != "local":
@@ -207,12 +205,10 @@ def _execute(
             hooks=run_hooks,
             resume=True,
         )
-        staged = (
-            None
-            if keeper.lost.is_set()
-            else artifacts.stage_artifacts(storage, lease, outcome.artifacts, keeper.lost)
-        )
-        if staged is None:
+        if keeper.lost.is_set():
+            return "lease_lost", None, None, []
+        staged = artifacts.stage_artifacts(storage, lease, outcome.artifacts, keeper.lost)
+        if staged is None:  # lost while putting them: the caller discards what was put
             return "lease_lost", None, None, []
         return "succeeded", None, jsonable(outcome.result), staged
     except StopRequested:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from api.files import remove_after_commit
 from api.problems import ProblemError
 from api.queue import EnqueueError, enqueue
 from api.quotas import check_upload_rate, storage_exceeded, storage_left
@@ -105,13 +106,13 @@ async def accept_upload(
     try:
         row = await run_in_threadpool(_insert_commit, session, insert)
     except BaseException:
-        await run_in_threadpool(storage.delete_prefix, relative_dir)
+        await run_in_threadpool(remove_after_commit, storage, relative_dir)
         raise
     try:
         await run_in_threadpool(enqueue, settings, task, [row_id])
     except EnqueueError as exc:
         await run_in_threadpool(_undo, session, row)
-        await run_in_threadpool(storage.delete_prefix, relative_dir)
+        await run_in_threadpool(remove_after_commit, storage, relative_dir)
         raise ProblemError(
             503,
             "the task broker is unavailable; the upload was not kept, send it again",

@@ -242,3 +242,41 @@ def test_retention_and_orphans_on_s3_cover_the_bucket_and_the_scratch(
     assert [o.key for o in store.list("datasets")] == [f"datasets/{ready}/data.npz"]
     assert _local_files(scratch) == []
     assert gc.collect_garbage(s3_settings, retention_days=30) == []
+
+
+def test_a_checkpoint_fetched_from_s3_comes_with_its_validated_statement(s3_settings: Settings) -> None:
+    from test_worker_parts import _rows
+
+    from core.models import parse_statement, read_statement
+    from core.spec import JobSpec
+    from service.db.models import Checkpoint, Job, new_id
+    from service.db.session import session_scope
+    from worker.job_runner import _resolve_checkpoints
+
+    ds_id, job_id = _rows()
+    stated = {"backbone": "resnet18_stl", "normalisation": "stl10"}
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        ck = Checkpoint(
+            id=new_id("ck"), owner_id=job.owner_id, filename="m.pt", size=4, sha256="0" * 64, path="x"
+        )
+        s.add(ck)
+        s.flush()
+        ck.path, ck.status, ck.kind = f"checkpoints/{ck.id}/model.pt", "ready", "clustering"
+        ck.info = {"num_clusters": 3, "stated": stated}
+        ck_id, owner = ck.id, job.owner_id
+    store = get_storage(s3_settings)
+    store.put_bytes(f"checkpoints/{ck_id}/model.pt", b"ckpt")
+    spec = JobSpec(
+        dataset_id=ds_id, num_clusters=3, base={"method": "checkpoint", "clustering_checkpoint_id": ck_id}
+    )
+    cache = s3_settings.scratch_dir / "inputs"
+    paths = _resolve_checkpoints(
+        Job(id=job_id, owner_id=owner, dataset_id=ds_id, spec={}), spec, store, cache
+    )
+    assert paths[ck_id] == cache / f"checkpoints/{ck_id}/model.pt" and paths[ck_id].read_bytes() == b"ckpt"
+    assert read_statement(paths[ck_id]) == parse_statement(stated)
+    assert [o.key for o in store.list("checkpoints")] == [
+        f"checkpoints/{ck_id}/model.pt"
+    ]  # nothing extra stored
