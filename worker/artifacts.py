@@ -167,6 +167,13 @@ def drop_inputs(settings: Settings, lease: Lease) -> None:
     shutil.rmtree(inputs_dir(settings, lease), ignore_errors=True)
 
 
+def drop_scratch(settings: Settings, lease: Lease) -> None:
+    """After a failed or cancelled outcome is committed, with a remote store: this machine's copy of
+    the job's work folders goes (the store keeps its resume files until the retention sweep)."""
+    if settings.storage_backend != "local":
+        shutil.rmtree(job_dir(settings, lease.job_id), ignore_errors=True)
+
+
 def clean_after_success(settings: Settings, storage: Storage, lease: Lease) -> None:
     """After the success is committed: every attempt's work files and other attempts' artifacts go."""
     root = job_dir(settings, lease.job_id)

@@ -140,6 +140,8 @@ def run_job_delivery(
         return "lease_lost"
     if status == "succeeded":
         artifacts.clean_after_success(settings, get_storage(settings), lease)
+    else:
+        artifacts.drop_scratch(settings, lease)
     _queue_callback(job, publish or _celery_publish)
     return status
 
