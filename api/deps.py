@@ -1,4 +1,4 @@
-"""Named dependencies: ``SessionDep``, ``OwnerDep``, ``SettingsDep``."""
+"""Named dependencies: ``SessionDep``, ``OwnerDep``, ``SettingsDep``, ``StorageDep``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from api.auth import authenticate
 from api.guard import OWNER_STATE_KEY
 from service.db.session import get_sessionmaker
 from service.settings import Settings, get_settings
+from service.storage import Storage
 
 
 async def _settings(request: Request) -> Settings:
@@ -20,6 +21,13 @@ async def _settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+async def _storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+StorageDep = Annotated[Storage, Depends(_storage)]
 
 
 def _commit_close(session: Session) -> None:
@@ -65,4 +73,4 @@ async def get_owner(request: Request, settings: SettingsDep) -> str:
 
 OwnerDep = Annotated[str, Depends(get_owner)]
 
-__all__ = ["OwnerDep", "SessionDep", "SettingsDep", "get_settings"]
+__all__ = ["OwnerDep", "SessionDep", "SettingsDep", "StorageDep", "get_settings"]

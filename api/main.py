@@ -14,6 +14,7 @@ from api.problems import install_problem_handlers
 from api.routes import include_routers
 from api.schemas.common import errors_as_problem_json
 from service.settings import Settings, get_settings
+from service.storage import get_storage
 
 DESCRIPTION = """Refines image clusterings with RUC (Park et al., CVPR 2021).
 
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.state.storage = get_storage(settings)
     app.state.request_metrics = RequestMetrics()
     install_problem_handlers(app)
     include_routers(app)

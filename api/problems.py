@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from core.errors import CoreInputError
+from service.storage import StorageError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("api.problems")
@@ -200,6 +201,20 @@ async def _on_core_input(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# A store that failed (S3 unreachable, a full disk) may be back soon; the log has what failed.
+STORAGE_RETRY_AFTER_S = 5
+
+
+async def _on_storage(request: Request, exc: Exception) -> JSONResponse:
+    log.error("storage failed on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(
+        503,
+        "the file store is unavailable; try again",
+        slug="storage-unavailable",
+        headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(500, "internal error; the request was logged", slug="internal-error")
@@ -210,4 +225,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(CoreInputError, _on_core_input)
+    app.add_exception_handler(StorageError, _on_storage)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -1,26 +1,26 @@
-"""Streaming multipart upload straight to storage.
+"""Streaming multipart upload straight to the store.
 
 The request body is parsed as it arrives (python-multipart's push parser over ``request.stream()``), so
-it is never held whole in memory nor spooled to a temporary file: the ``file`` part goes to its final
-place in ``upload_chunk_bytes`` writes, hashed on the way, and the upload is aborted (413, partial file
-deleted) the moment it passes ``max_upload_bytes``.
+it is never held whole in memory nor spooled to a temporary file: the ``file`` part goes to the store's
+writer in ``upload_chunk_bytes`` writes (a local file, or an S3 multipart upload holding one part in
+memory), hashed on the way, and the upload is aborted (413, nothing kept) the moment it passes
+``max_upload_bytes``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import unquote
 
+import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
 from api.problems import FieldProblem, ProblemError, field_error
-from service.storage import matched_suffix, remove_dir, sanitize_filename
+from service.storage import ObjectWriter, Storage, matched_suffix, sanitize_filename
 
 # Multipart framing and small extra fields on top of the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -31,7 +31,7 @@ _FILENAME_EXT = re.compile(r"filename\*\s*=\s*[A-Za-z0-9_-]*'[A-Za-z-]*'([^;\s]+
 @dataclass
 class StoredUpload:
     filename: str  # sanitised client name, display only
-    relative_path: str  # relative to storage_dir
+    relative_path: str  # the key, relative to the store's root
     size: int
     sha256: str
 
@@ -123,25 +123,33 @@ def _part_filename(params: dict[bytes, bytes], disposition: bytes) -> str:
     raise field_error(422, FILE_FIELD, "the 'file' part must be a file (with a filename)")
 
 
-def _append(fh: io.BufferedWriter, hasher: hashlib._Hash, chunk: bytes) -> None:
+def _append(out: ObjectWriter, hasher: hashlib._Hash, chunk: bytes) -> None:
     hasher.update(chunk)
-    fh.write(chunk)
+    out.write(chunk)
+
+
+async def _abort(out: ObjectWriter | None) -> None:
+    """Drop a partial upload, also when the request was cancelled (an S3 abort is a network call)."""
+    if out is not None:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(out.abort)
 
 
 async def receive_upload(
     request: Request,
     *,
-    storage_dir: Path,
+    storage: Storage,
     relative_dir: str,
     stem: str,
     allowed: tuple[str, ...],
     max_bytes: int,
     chunk_bytes: int,
 ) -> StoredUpload:
-    """Stream the multipart ``file`` part of ``request`` to ``storage_dir/relative_dir/<stem><suffix>``.
+    """Stream the multipart ``file`` part of ``request`` to the key ``relative_dir/<stem><suffix>``.
 
     Raises ProblemError: 415 (not multipart, or a suffix outside ``allowed``), 413 (over ``max_bytes``),
-    422 (no/empty/duplicate ``file`` part, malformed body). Nothing is left on disk after an error.
+    422 (no/empty/duplicate ``file`` part, malformed body); StorageError when the store fails. Nothing
+    is kept after an error.
     """
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
@@ -170,8 +178,7 @@ async def receive_upload(
         },
     )
     hasher = hashlib.sha256()
-    fh: io.BufferedWriter | None = None
-    target_dir = storage_dir / relative_dir
+    out: ObjectWriter | None = None
     body_bytes = 0
     try:
         async for chunk in request.stream():
@@ -188,11 +195,10 @@ async def receive_upload(
             except ValueError as exc:  # python-multipart's parse errors are ValueErrors
                 raise field_error(422, FILE_FIELD, f"malformed multipart body: {exc}") from exc
             if state.pending and (len(state.pending) >= chunk_bytes or state.file_done):
-                if fh is None:
-                    target_dir.mkdir(parents=True, exist_ok=True)
-                    fh = open(target_dir / f"{stem}{state.suffix}", "wb")  # noqa: SIM115 (closed in finally)
+                if out is None:
+                    out = storage.writer(f"{relative_dir}/{stem}{state.suffix}")
                 data, state.pending = bytes(state.pending), bytearray()
-                await run_in_threadpool(_append, fh, hasher, data)
+                await run_in_threadpool(_append, out, hasher, data)
         try:
             parser.finalize()
         except ValueError as exc:
@@ -203,25 +209,20 @@ async def receive_upload(
             raise field_error(422, FILE_FIELD, "the multipart body ended inside the 'file' part")
         if state.size == 0:
             raise field_error(422, FILE_FIELD, "the file is empty")
-        if fh is None:
-            target_dir.mkdir(parents=True, exist_ok=True)
-            fh = open(target_dir / f"{stem}{state.suffix}", "wb")  # noqa: SIM115 (closed in finally)
+        if out is None:
+            out = storage.writer(f"{relative_dir}/{stem}{state.suffix}")
         if state.pending:
             data, state.pending = bytes(state.pending), bytearray()
-            await run_in_threadpool(_append, fh, hasher, data)
-        await run_in_threadpool(fh.close)
+            await run_in_threadpool(_append, out, hasher, data)
+        await run_in_threadpool(out.commit)
     except ClientDisconnect as exc:
-        if fh is not None:
-            fh.close()
-        remove_dir(storage_dir, relative_dir)
+        await _abort(out)
         # Nobody reads this answer; it keeps an aborted upload out of the 5xx counts.
         raise ProblemError(
             400, "the client disconnected during the upload", slug="client-disconnected"
         ) from exc
     except BaseException:
-        if fh is not None:
-            fh.close()
-        remove_dir(storage_dir, relative_dir)
+        await _abort(out)
         raise
     return StoredUpload(
         filename=state.filename,

@@ -15,6 +15,7 @@ import re
 from pydantic import ValidationError
 
 from core.errors import CoreInputError, TrainingDiverged
+from service.storage.base import StorageError
 
 INVALID_INPUT = "invalid_input"
 INVALID_SPEC = "invalid_spec"
@@ -23,6 +24,7 @@ TIME_LIMIT_EXCEEDED = "time_limit_exceeded"
 TRAINING_DIVERGED = "training_diverged"
 WORKER_LOST = "worker_lost"
 BROKER_UNAVAILABLE = "broker_unavailable"
+STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL_ERROR = "internal_error"
 ERROR_CODES: frozenset[str] = frozenset(
     {
@@ -33,6 +35,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         TRAINING_DIVERGED,
         WORKER_LOST,
         BROKER_UNAVAILABLE,
+        STORAGE_UNAVAILABLE,
         INTERNAL_ERROR,
     }
 )
@@ -44,6 +47,7 @@ BROKER_UNAVAILABLE_MESSAGE = (
     "the task broker was unavailable at submit; send the same request with the same Idempotency-Key "
     "to queue this job again"
 )
+STORAGE_UNAVAILABLE_MESSAGE = "the file store was unavailable during the job; submit it again"
 MAX_STORED_CHARS = 2000
 # Written by the lease sweep (service/db/crud/job_runs.py) in its own words, which carry nothing internal.
 _WORKER_LOST_TEXT = re.compile(r"worker lost \d+ times \(max_attempts=\d+\)")
@@ -81,6 +85,8 @@ def client_error(exc: BaseException) -> tuple[str, str]:
         return INVALID_INPUT, str(exc)  # core's messages name the field and the problem, for clients
     if isinstance(exc, ValidationError):
         return INVALID_SPEC, _spec_problems(exc)
+    if isinstance(exc, StorageError):
+        return STORAGE_UNAVAILABLE, STORAGE_UNAVAILABLE_MESSAGE
     if any(cls.__name__ in _OOM_TYPES for cls in type(exc).__mro__):
         return OUT_OF_MEMORY, OUT_OF_MEMORY_MESSAGE
     return INTERNAL_ERROR, INTERNAL_MESSAGE

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
@@ -166,17 +166,46 @@ class Settings(BaseSettings):
     )
     validation_cpu_seconds_per_gib: int = Field(default=600, ge=0)
 
+    storage_backend: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where uploads, artifacts and resume files live: a local folder ({data_dir}/storage) "
+        "or an S3-compatible bucket (workers then keep only scratch copies in {data_dir}/scratch)",
+    )
+    s3_bucket: str = Field(default="", description="Bucket of the s3 backend (needed with it)")
+    s3_prefix: str = Field(default="", description="Key prefix inside the bucket, e.g. ruc/prod")
+    s3_endpoint_url: str = Field(
+        default="", description="S3-compatible endpoint (MinIO, Ceph ...); empty: AWS's own"
+    )
+    s3_region: str = Field(default="", description="Region of the bucket; empty: boto3's default chain")
+    s3_access_key_id: str = Field(
+        default="", description="Empty: boto3's default chain (AWS_ACCESS_KEY_ID, ~/.aws, instance role)"
+    )
+    s3_secret_access_key: SecretStr = Field(default=SecretStr(""), description="With s3_access_key_id")
+    s3_part_bytes: int = Field(
+        default=8 * MiB,
+        ge=5 * MiB,
+        description="Multipart part size: what an upload in flight holds in memory (S3's minimum is 5 MiB)",
+    )
+
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'ruc.sqlite3'}"
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("RUC_S3_BUCKET: needed with RUC_STORAGE_BACKEND=s3")
+        self.s3_prefix = self.s3_prefix.strip("/")
         return self
 
     @property
     def storage_dir(self) -> Path:
         """Uploads and artifacts: datasets/<id>/, checkpoints/<id>/, jobs/<id>/ (row paths are relative)."""
         return self.data_dir / "storage"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """A worker's private copies with a remote store: fetched inputs, job work folders."""
+        return self.data_dir / "scratch"
 
     @property
     def broker_dir(self) -> Path:
@@ -208,8 +237,10 @@ class Settings(BaseSettings):
         }
 
     def ensure_dirs(self) -> None:
-        """Create the data, storage and (filesystem) broker folders; idempotent."""
-        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        """Create the data, storage (local backend) and (filesystem) broker folders; idempotent."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.storage_backend == "local":
+            self.storage_dir.mkdir(parents=True, exist_ok=True)
         if self.is_filesystem_broker:
             for key in ("data_folder_in", "processed_folder", "control_folder"):
                 Path(self.broker_transport_options()[key]).mkdir(parents=True, exist_ok=True)

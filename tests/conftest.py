@@ -30,6 +30,7 @@ NEEDS_BY_FIXTURE: dict[str, tuple[str, ...]] = {
     "postgres_url": ("postgres",),
     "redis_url": ("redis",),
     "services": ("stack",),
+    "s3_services": ("stack",),
 }
 
 
@@ -43,6 +44,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             needs.add("postgres")
         for mark in sorted(needs):
             item.add_marker(mark)
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory):  # -> s3_support.MotoS3
+    """One S3 HTTP endpoint (moto's server, a subprocess) for the session; tests make their own buckets."""
+    from s3_support import moto_s3
+
+    with moto_s3(tmp_path_factory.mktemp("moto")) as server:
+        yield server
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from service.db.crud.job_runs import Lease
 from service.db.models import Job, new_id
 from service.db.session import session_scope
 from service.settings import Settings, get_settings
+from service.storage import InvalidKey, ObjectNotFound, Storage, get_storage
 from service.task_names import TASK_DELIVER_WEBHOOK, TASK_QUEUES
 from worker import artifacts
 from worker.leases import LeaseKeeper, worker_identity
@@ -54,10 +55,22 @@ def checkpoint_epoch(path: Path) -> int | None:
         return None
 
 
-def _resolve_checkpoints(job: Job, spec: JobSpec, settings: Settings) -> dict[str, Path]:
-    """Checkpoint id -> file for every checkpoint the spec names; each must be the owner's and ready."""
+def _fetch(storage: Storage, key: str, cache: Path, field: str, what: str) -> Path:
+    """An input as a local file: the store's own (local backend) or a copy in the attempt's cache."""
+    try:
+        return storage.local_copy(key, cache)
+    except (ObjectNotFound, InvalidKey):
+        raise CoreInputError(field, f"the file of {what} is missing from storage") from None
+
+
+def _resolve_checkpoints(job: Job, spec: JobSpec, storage: Storage, cache: Path) -> dict[str, Path]:
+    """Checkpoint id -> file for every checkpoint the spec names; each must be the owner's and ready.
+
+    Validation wrote the upload's statement (backbone, normalisation) beside the stored file; a copy
+    fetched from a remote store gets it rebuilt beside it from the row's validated ``stated`` fields.
+    """
     ids = [i for i in (spec.base.embedding_checkpoint_id, spec.base.clustering_checkpoint_id) if i]
-    out: dict[str, Path] = {}
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
     with session_scope() as s:
         for cid in ids:
             ckpt = job_runs.get_checkpoint(s, cid)
@@ -65,18 +78,26 @@ def _resolve_checkpoints(job: Job, spec: JobSpec, settings: Settings) -> dict[st
                 raise CoreInputError("checkpoint_id", f"checkpoint {cid} does not exist")
             if ckpt.status != "ready":
                 raise CoreInputError("checkpoint_id", f"checkpoint {cid} is {ckpt.status}, not ready")
-            out[cid] = settings.storage_dir / ckpt.path
+            found[cid] = (ckpt.path, dict((ckpt.info or {}).get("stated") or {}))
+    out: dict[str, Path] = {}
+    for cid, (key, stated) in found.items():
+        out[cid] = _fetch(storage, key, cache, "checkpoint_id", f"checkpoint {cid}")
+        if storage.local_path(key) is None:
+            from core.models import parse_statement, write_statement
+
+            write_statement(out[cid], parse_statement(stated))
     return out
 
 
-def _dataset_path(job: Job, settings: Settings) -> Path:
+def _dataset_path(job: Job, storage: Storage, cache: Path) -> Path:
     with session_scope() as s:
         ds = job_runs.get_dataset(s, job.dataset_id)
         if ds is None or ds.owner_id != job.owner_id:
             raise CoreInputError("dataset_id", f"dataset {job.dataset_id} does not exist")
         if ds.status != "ready":
             raise CoreInputError("dataset_id", f"dataset {job.dataset_id} is {ds.status}, not ready")
-        return settings.storage_dir / ds.path
+        key = ds.path
+    return _fetch(storage, key, cache, "dataset_id", f"dataset {job.dataset_id}")
 
 
 def run_job_delivery(
@@ -115,10 +136,12 @@ def run_job_delivery(
         log.warning(
             "job %s: lease lost before the outcome (%s) could be stored; nothing written", job_id, status
         )
-        artifacts.discard_unpublished(settings, lease)
+        artifacts.discard_unpublished(get_storage(settings), lease)
         return "lease_lost"
     if status == "succeeded":
-        artifacts.clean_after_success(settings, lease)
+        artifacts.clean_after_success(settings, get_storage(settings), lease)
+    else:
+        artifacts.drop_scratch(settings, lease)
     _queue_callback(job, publish or _celery_publish)
     return status
 
@@ -154,6 +177,8 @@ def _execute(
 ) -> Outcome:
     """Run the pipeline; map its outcome to (status, error, result, staged artifacts). Never raises."""
     lease = keeper.lease
+    storage = get_storage(settings)
+    cache = artifacts.inputs_dir(settings, lease)
     try:
         import torch
 
@@ -161,25 +186,32 @@ def _execute(
         from core.pipeline import run_job
 
         hooks.on_stage("loading")
-        work_dir = artifacts.prepare_work_dir(settings, lease)
+        work_dir = artifacts.prepare_work_dir(settings, storage, lease)
         note = _resume_note(settings, lease, work_dir)
         if note:
             hooks.on_event("info", note)
-        dataset = load_dataset(_dataset_path(job, settings))
-        checkpoints = _resolve_checkpoints(job, spec, settings)
+        dataset = load_dataset(_dataset_path(job, storage, cache))
+        checkpoints = _resolve_checkpoints(job, spec, storage, cache)
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        run_hooks = hooks.run_hooks()
+        if settings.storage_backend != "local":
+            from worker.resume_sync import ResumeSync
+
+            run_hooks = ResumeSync(storage, lease, work_dir, keeper.lost).hooks(run_hooks)
         outcome = run_job(
             spec,
             dataset,
             device=dev,
             work_dir=work_dir,
             checkpoint_paths=checkpoints,
-            hooks=hooks.run_hooks(),
+            hooks=run_hooks,
             resume=True,
         )
         if keeper.lost.is_set():
             return "lease_lost", None, None, []
-        staged = artifacts.stage_artifacts(settings, lease, outcome.artifacts)
+        staged = artifacts.stage_artifacts(storage, lease, outcome.artifacts, keeper.lost)
+        if staged is None:  # lost while putting them: the caller discards what was put
+            return "lease_lost", None, None, []
         return "succeeded", None, jsonable(outcome.result), staged
     except StopRequested:
         if keeper.lost.is_set():
@@ -189,3 +221,5 @@ def _execute(
         if not isinstance(exc, CoreInputError | TrainingDiverged):
             log.exception("job %s failed", job.id)
         return "failed", stored_error(exc), None, []
+    finally:
+        artifacts.drop_inputs(settings, lease)

@@ -12,6 +12,7 @@ file and sha256), so a client sending many small requests pays the load once.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -26,7 +27,7 @@ from service.db.crud import predictions as crud
 from service.db.crud.predictions import PredictionStart
 from service.db.session import session_scope
 from service.settings import Settings, get_settings
-from service.storage import remove_dir, resolve_inside
+from service.storage import get_storage
 from worker.db_retry import OUTCOME_RETRY_DELAYS, with_db_retry, write_telemetry
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ _cache_lock = threading.Lock()
 def _predictor(path: Path, sha256: str, device: str, image_shape: tuple[int, int, int]) -> Any:
     from core.predict.predictor import Predictor
 
-    key = (str(path), sha256, device)
+    key = (sha256, device)  # the content, not the path: a remote store's copy moves every time
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -55,6 +56,19 @@ def _predictor(path: Path, sha256: str, device: str, image_shape: tuple[int, int
         while len(_cache) > CACHED_ENSEMBLES:
             _cache.popitem(last=False)
     return predictor
+
+
+def _scratch(settings: Settings, prediction_id: str) -> Path:
+    return settings.scratch_dir / "predictions" / prediction_id
+
+
+def _discard(settings: Settings, prediction_id: str, upload_key: str) -> None:
+    """Remove the uploaded images from the store and this prediction's local copies."""
+    try:
+        get_storage(settings).delete_prefix(str(Path(upload_key).parent))
+    except Exception:  # the store is down: retention (worker.gc) removes the folder later
+        log.warning("prediction %s: its upload could not be removed now", prediction_id, exc_info=True)
+    shutil.rmtree(_scratch(settings, prediction_id), ignore_errors=True)
 
 
 def _device(device: str | None) -> str:
@@ -74,10 +88,12 @@ def _assign(prediction_id: str, start: PredictionStart, settings: Settings, devi
     wanted = job_images(
         start.job_result, max_images=settings.predict_max_images, max_values=settings.predict_max_values
     )
-    upload = resolve_inside(settings.storage_dir, start.path)
-    ensemble = resolve_inside(settings.storage_dir, start.ensemble_path)
-    if upload is None or ensemble is None:
-        raise RuntimeError(f"prediction {prediction_id}: a stored path leaves the storage folder")
+    # A remote store's files are read from copies in this prediction's scratch folder (removed when
+    # it ends); with the local backend these are the stored files themselves.
+    storage = get_storage(settings)
+    cache = _scratch(settings, prediction_id)
+    upload = storage.local_copy(start.path, cache)
+    ensemble = storage.local_copy(start.ensemble_path, cache)
     dataset = load_dataset(upload, limits=prediction_limits(wanted.image_shape, wanted.max_images))
     predictor = _predictor(ensemble, start.ensemble_sha256, _device(device), wanted.image_shape)
     count = predictor.check(dataset.images, max_images=wanted.max_images)
@@ -119,7 +135,7 @@ def run_prediction_delivery(
     if start.outcome != "started":
         log.info("prediction %s: delivery dropped (%s)", prediction_id, start.outcome)
         if start.outcome == "exhausted":
-            remove_dir(settings.storage_dir, str(Path(start.path).parent))
+            _discard(settings, prediction_id, start.path)
         return start.outcome
     status, error, result = _outcome(prediction_id, start, settings, device)
 
@@ -129,6 +145,6 @@ def run_prediction_delivery(
 
     written = with_db_retry(finish, delays=OUTCOME_RETRY_DELAYS, what=f"prediction {prediction_id} outcome")
     # The images are needed no more, whoever wrote the outcome.
-    remove_dir(settings.storage_dir, str(Path(start.path).parent))
+    _discard(settings, prediction_id, start.path)
     log.info("prediction %s: %s (attempt %d)", prediction_id, status, start.attempt)
     return status if written else "decided"

@@ -15,14 +15,14 @@ from __future__ import annotations
 import logging
 import math
 import re
-from pathlib import Path
+import shutil
 from typing import Any
 
-from core.errors import CoreInputError
 from service.db.crud import upload_validation
 from service.db.models import Checkpoint, Dataset
 from service.db.session import session_scope
 from service.settings import GiB, Settings, get_settings
+from service.storage import InvalidKey, ObjectNotFound, get_storage
 from worker.validation_sandbox import Kind, SandboxLimits, run_check
 
 log = logging.getLogger(__name__)
@@ -59,15 +59,6 @@ def _storable(value: Any) -> Any:
     return value
 
 
-def _stored_path(settings: Settings, relative: str) -> Path:
-    """The upload's file, refusing any row path that would leave the storage folder."""
-    root = settings.storage_dir.resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
-        raise CoreInputError("path", "stored path is outside the storage folder")
-    return path
-
-
 def sandbox_limits(settings: Settings, upload_bytes: int) -> SandboxLimits:
     """Limits of one check: a base plus a share proportional to the upload's size."""
     memory = settings.validation_memory_bytes + int(settings.validation_memory_upload_factor * upload_bytes)
@@ -89,25 +80,35 @@ def _validate(kind: Kind, model: type[Dataset] | type[Checkpoint], upload_id: st
     if start.outcome != "started":  # decided before (a duplicate delivery), or ended just now
         return str(start.status)
     stated = dict((start.info or {}).get("stated") or {})
+    storage = get_storage(settings)
+    # A remote store's upload is read from a copy of this delivery's own; one left by a crashed
+    # delivery goes first. With the local backend the check reads the stored file itself.
+    cache = settings.scratch_dir / "validation" / kind / upload_id
+    shutil.rmtree(cache, ignore_errors=True)
     facts: dict[str, Any] | None = None
     try:
-        path = _stored_path(settings, start.path)
-    except CoreInputError as exc:
-        reason: str | None = str(exc)
+        path = storage.local_copy(start.path, cache)
+    except InvalidKey:
+        reason: str | None = "path: stored path is outside the storage folder"
+    except ObjectNotFound:
+        reason = "could not read file: it is missing from storage"
     else:
 
         def renew() -> None:
             with session_scope(settings.database_url) as s:
                 upload_validation.renew_validation(s, model, upload_id)
 
-        outcome = run_check(
-            kind,
-            path,
-            stated,
-            limits=sandbox_limits(settings, path.stat().st_size if path.is_file() else 0),
-            heartbeat=renew,
-            heartbeat_seconds=max(1.0, settings.requeue_seconds / 3),
-        )
+        try:
+            outcome = run_check(
+                kind,
+                path,
+                stated,
+                limits=sandbox_limits(settings, path.stat().st_size if path.is_file() else 0),
+                heartbeat=renew,
+                heartbeat_seconds=max(1.0, settings.requeue_seconds / 3),
+            )
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
         facts, reason = outcome.facts, outcome.reason
         log.info(
             "%s %s checked (attempt %d, child peak RSS %.0f MiB): %s",

@@ -4,14 +4,15 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import OwnerDep, SessionDep, SettingsDep
+from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.files import remove_after_commit
 from api.problems import ProblemError, not_found
 from api.schemas.checkpoints import CheckpointPublic, CheckpointsPublic
 from api.schemas.common import problem_responses, upload_request_body
 from api.services.uploads import accept_upload
 from service.db.crud import checkpoints as crud
 from service.db.models import ID_PATTERN
-from service.storage import CHECKPOINT_SUFFIXES, remove_dir
+from service.storage import CHECKPOINT_SUFFIXES, upload_dir
 
 # Query fields are a name or a few numbers; anything longer is not a statement.
 _STATED_MAX_CHARS = 200
@@ -35,6 +36,7 @@ async def upload_checkpoint(
     owner: OwnerDep,
     session: SessionDep,
     settings: SettingsDep,
+    storage: StorageDep,
     backbone: Annotated[
         str | None,
         Query(
@@ -66,7 +68,7 @@ async def upload_checkpoint(
 ) -> CheckpointPublic:
     given = {"backbone": backbone, "normalisation": normalisation, "mean": mean, "std": std}
     stated = {key: value for key, value in given.items() if value is not None}
-    row = await accept_upload(request, session, settings, owner, "checkpoint", stated=stated or None)
+    row = await accept_upload(request, session, settings, storage, owner, "checkpoint", stated=stated or None)
     return CheckpointPublic.model_validate(row)
 
 
@@ -112,7 +114,7 @@ async def get_checkpoint(checkpoint_id: str, owner: OwnerDep, session: SessionDe
     summary="Delete a checkpoint and its file (409 while a queued or running job uses it)",
 )
 def delete_checkpoint(
-    checkpoint_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep
+    checkpoint_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep
 ) -> Response:
     row = crud.get_checkpoint(session, owner, checkpoint_id)
     if row is None:
@@ -121,5 +123,5 @@ def delete_checkpoint(
         raise ProblemError(409, "a queued or running job uses this checkpoint", slug="in-use")
     crud.delete_checkpoint(session, checkpoint_id)
     session.commit()
-    remove_dir(settings.storage_dir, f"checkpoints/{checkpoint_id}")
+    remove_after_commit(storage, upload_dir("checkpoints", checkpoint_id))
     return Response(status_code=204)

@@ -4,14 +4,15 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import OwnerDep, SessionDep, SettingsDep
+from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.files import remove_after_commit
 from api.problems import ProblemError, not_found
 from api.schemas.common import problem_responses, upload_request_body
 from api.schemas.datasets import DatasetPublic, DatasetsPublic
 from api.services.uploads import accept_upload
 from service.db.crud import datasets as crud
 from service.db.models import ID_PATTERN
-from service.storage import DATASET_SUFFIXES, remove_dir
+from service.storage import DATASET_SUFFIXES, upload_dir
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=problem_responses(401))
 
@@ -25,9 +26,9 @@ router = APIRouter(prefix="/datasets", tags=["datasets"], responses=problem_resp
     summary="Upload a dataset (multipart field `file`), validated asynchronously",
 )
 async def upload_dataset(
-    request: Request, owner: OwnerDep, session: SessionDep, settings: SettingsDep
+    request: Request, owner: OwnerDep, session: SessionDep, settings: SettingsDep, storage: StorageDep
 ) -> DatasetPublic:
-    row = await accept_upload(request, session, settings, owner, "dataset")
+    row = await accept_upload(request, session, settings, storage, owner, "dataset")
     return DatasetPublic.model_validate(row)
 
 
@@ -72,7 +73,7 @@ async def get_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> 
     responses=problem_responses(404, 409),
     summary="Delete a dataset and its file (409 while jobs reference it)",
 )
-def delete_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
     row = crud.get_dataset(session, owner, dataset_id)
     if row is None:
         raise not_found("dataset", dataset_id)
@@ -80,5 +81,5 @@ def delete_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep, settin
         raise ProblemError(409, "jobs reference this dataset; delete them first", slug="in-use")
     crud.delete_dataset(session, dataset_id)
     session.commit()
-    remove_dir(settings.storage_dir, f"datasets/{dataset_id}")
+    remove_after_commit(storage, upload_dir("datasets", dataset_id))
     return Response(status_code=204)

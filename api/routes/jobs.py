@@ -5,7 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api.deps import OwnerDep, SessionDep, SettingsDep
+from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.files import download_response
 from api.problems import ProblemError, not_found
 from api.schemas.common import problem_responses, upload_request_body
 from api.schemas.jobs import (
@@ -29,7 +30,7 @@ from api.services import predictions as predicting
 from service.db.crud import jobs as crud
 from service.db.crud import predictions as predictions_crud
 from service.db.models import FINISHED_PREDICTION_STATUSES, ID_PATTERN, Job
-from service.storage import ARTIFACT_NAME, DATASET_SUFFIXES, resolve_inside
+from service.storage import ARTIFACT_NAME, DATASET_SUFFIXES
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=problem_responses(401))
 
@@ -125,8 +126,8 @@ def cancel_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobPublic:
     responses=problem_responses(404, 409),
     summary="Delete a job with its events, metrics and artifacts (409 while it is running)",
 )
-def delete_job(job_id: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep) -> Response:
-    service.delete_job(session, settings, owner, job_id)
+def delete_job(job_id: str, owner: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
+    service.delete_job(session, storage, owner, job_id)
     return Response(status_code=204)
 
 
@@ -265,14 +266,18 @@ async def list_artifacts(job_id: str, owner: OwnerDep, session: SessionDep) -> A
     responses={**problem_responses(404), 200: {"content": {"application/octet-stream": {}}}},
 )
 def download_artifact(
-    job_id: str, name: str, owner: OwnerDep, session: SessionDep, settings: SettingsDep
-) -> FileResponse:
+    job_id: str, name: str, owner: OwnerDep, session: SessionDep, storage: StorageDep
+) -> Response:
     _owned_job(session, owner, job_id)
     row = crud.get_artifact(session, job_id, name) if ARTIFACT_NAME.fullmatch(name) else None
-    path = resolve_inside(settings.storage_dir, row.path) if row is not None else None
-    if row is None or path is None or not path.is_file():
+    answer = (
+        None
+        if row is None
+        else download_response(storage, row.path, media_type=row.media_type, filename=row.name)
+    )
+    if answer is None:
         raise not_found("artifact", name)
-    return FileResponse(path, media_type=row.media_type, filename=row.name)
+    return answer
 
 
 @router.post(

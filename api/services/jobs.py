@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.files import remove_after_commit
 from api.memory_estimate import estimate_job_memory
 from api.problems import FieldProblem, ProblemError, field_error
 from api.queue import EnqueueError, enqueue
@@ -24,7 +25,7 @@ from service.db.crud import datasets as ds_crud
 from service.db.crud import jobs as jobs_crud
 from service.db.models import FINISHED_STATUSES, Dataset, Job, new_id, utcnow
 from service.settings import Settings
-from service.storage import remove_dir, resolve_inside
+from service.storage import Storage, job_dir
 from service.task_names import TASK_RUN_JOB
 
 log = logging.getLogger("api.services.jobs")
@@ -247,17 +248,13 @@ def cancel_job(session: Session, owner_id: str, job_id: str) -> Job:
     return job
 
 
-def delete_job(session: Session, settings: Settings, owner_id: str, job_id: str) -> None:
+def delete_job(session: Session, storage: Storage, owner_id: str, job_id: str) -> None:
     job = jobs_crud.get_job(session, owner_id, job_id)
     if job is None:
         raise ProblemError(404, f"job {job_id!r} not found", slug="not-found")
-    artifact_paths = [a.path for a in jobs_crud.list_artifacts(session, job_id)]
     if not jobs_crud.delete_job_unless_running(session, job_id):
         raise ProblemError(409, "job is running; cancel it first", slug="job-running")
     session.commit()
-    # Files after the commit: a failed commit must not leave a row whose files are gone.
-    for rel in artifact_paths:
-        path = resolve_inside(settings.storage_dir, rel)
-        if path is not None and path.is_file():
-            path.unlink(missing_ok=True)
-    remove_dir(settings.storage_dir, f"jobs/{job_id}")
+    # Files after the commit: a failed commit must not leave a row whose files are gone. Artifacts and
+    # resume files all live under the job's folder.
+    remove_after_commit(storage, job_dir(job_id))

@@ -31,7 +31,7 @@ from service.db.crud import predictions as crud
 from service.db.models import FINISHED_PREDICTION_STATUSES, Prediction, new_id
 from service.db.session import get_sessionmaker
 from service.settings import Settings
-from service.storage import DATASET_SUFFIXES, remove_dir
+from service.storage import DATASET_SUFFIXES, get_storage
 from service.task_names import TASK_PREDICT
 
 log = logging.getLogger("api.services.predictions")
@@ -58,10 +58,10 @@ def _job_images(session: Session, settings: Settings, owner_id: str, job_id: str
         session.rollback()  # end the read transaction before the (long) stream
 
 
-def _count(path: Path, wanted: JobImages) -> int | None:
+def _count(path: Path | None, wanted: JobImages) -> int | None:
     """The image count of an ``.npz`` from its header (CoreInputError naming the field); None for an
-    archive, whose images only the worker reads."""
-    if not path.name.endswith(".npz"):
+    archive, or for a file in a remote store, whose images only the worker reads."""
+    if path is None or not path.name.endswith(".npz"):
         return None
     try:
         return inspect_npz(path, image_shape=wanted.image_shape, max_images=wanted.max_images)
@@ -108,9 +108,10 @@ async def accept_prediction(
     wanted = await run_in_threadpool(_job_images, session, settings, owner_id, job_id)
     row_id = new_id("pred")
     relative_dir = f"jobs/{job_id}/predictions/{row_id}"
+    storage = get_storage(settings)
     stored = await receive_upload(
         request,
-        storage_dir=settings.storage_dir,
+        storage=storage,
         relative_dir=relative_dir,
         stem="images",
         allowed=DATASET_SUFFIXES,
@@ -118,19 +119,19 @@ async def accept_prediction(
         chunk_bytes=settings.upload_chunk_bytes,
     )
     try:
-        count = await run_in_threadpool(_count, settings.storage_dir / stored.relative_path, wanted)
+        count = await run_in_threadpool(_count, storage.local_path(stored.relative_path), wanted)
         row = await run_in_threadpool(_insert, session, row_id, job_id, owner_id, stored, count)
     except CoreInputError as exc:
-        remove_dir(settings.storage_dir, relative_dir)
+        await run_in_threadpool(storage.delete_prefix, relative_dir)
         raise field_error(422, exc.field, exc.problem, slug="validation-error") from exc
     except BaseException:
-        remove_dir(settings.storage_dir, relative_dir)
+        await run_in_threadpool(storage.delete_prefix, relative_dir)
         raise
     try:
         await run_in_threadpool(enqueue, settings, TASK_PREDICT, [row_id])
     except EnqueueError as exc:
         await run_in_threadpool(_undo, session, row)
-        remove_dir(settings.storage_dir, relative_dir)
+        await run_in_threadpool(storage.delete_prefix, relative_dir)
         raise ProblemError(
             503,
             "the task broker is unavailable; the request was not kept, send it again",

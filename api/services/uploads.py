@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from api.files import remove_after_commit
 from api.problems import ProblemError
 from api.queue import EnqueueError, enqueue
 from api.quotas import check_upload_rate, storage_exceeded, storage_left
@@ -18,7 +19,7 @@ from service.db.crud.checkpoints import create_checkpoint
 from service.db.crud.datasets import create_dataset
 from service.db.models import Checkpoint, Dataset, new_id
 from service.settings import Settings
-from service.storage import CHECKPOINT_SUFFIXES, DATASET_SUFFIXES, remove_dir
+from service.storage import CHECKPOINT_SUFFIXES, DATASET_SUFFIXES, Storage, upload_dir
 from service.task_names import TASK_VALIDATE_CHECKPOINT, TASK_VALIDATE_DATASET
 
 log = logging.getLogger("api.services.uploads")
@@ -50,6 +51,7 @@ async def accept_upload(
     request: Request,
     session: Session,
     settings: Settings,
+    storage: Storage,
     owner_id: str,
     kind: Literal["dataset", "checkpoint"],
     *,
@@ -65,14 +67,14 @@ async def accept_upload(
     """
     prefix, folder, stem, suffixes, task = _KINDS[kind]
     row_id = new_id(prefix)
-    relative_dir = f"{folder}/{row_id}"
+    relative_dir = upload_dir(folder, row_id)
     room = await run_in_threadpool(_check_quotas, session, settings, owner_id)
     # The stored-bytes quota bounds the stream too: the upload stops at the quota, not after it.
     max_bytes = settings.max_upload_bytes if room is None else min(settings.max_upload_bytes, room)
     try:
         stored: StoredUpload = await receive_upload(
             request,
-            storage_dir=settings.storage_dir,
+            storage=storage,
             relative_dir=relative_dir,
             stem=stem,
             allowed=suffixes,
@@ -104,13 +106,13 @@ async def accept_upload(
     try:
         row = await run_in_threadpool(_insert_commit, session, insert)
     except BaseException:
-        remove_dir(settings.storage_dir, relative_dir)
+        await run_in_threadpool(remove_after_commit, storage, relative_dir)
         raise
     try:
         await run_in_threadpool(enqueue, settings, task, [row_id])
     except EnqueueError as exc:
         await run_in_threadpool(_undo, session, row)
-        remove_dir(settings.storage_dir, relative_dir)
+        await run_in_threadpool(remove_after_commit, storage, relative_dir)
         raise ProblemError(
             503,
             "the task broker is unavailable; the upload was not kept, send it again",

@@ -84,8 +84,21 @@ def test_compose_shape() -> None:
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert "storage:/data" in SERVICES["api"]["volumes"] and "storage:/data" in SERVICES["worker"]["volumes"]
     assert SERVICES["flower"]["profiles"] == ["monitoring"]
+    # Optional S3: MinIO and its bucket only under the profile; our services wait for the bucket only then.
+    assert SERVICES["minio"]["profiles"] == SERVICES["minio-bucket"]["profiles"] == ["s3"]
+    assert SERVICES["minio-bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    env = SERVICES["api"]["environment"]
+    assert _expand(env["RUC_STORAGE_BACKEND"]) == "local"  # the volume unless asked otherwise
+    assert _expand(env["RUC_S3_ENDPOINT_URL"]) == "http://minio:9000"
+    minio_env = SERVICES["minio"]["environment"]
+    assert _expand(minio_env["MINIO_ROOT_USER"]) == _expand(env["RUC_S3_ACCESS_KEY_ID"])
+    assert _expand(minio_env["MINIO_ROOT_PASSWORD"]) == _expand(env["RUC_S3_SECRET_ACCESS_KEY"])
+    assert _expand(SERVICES["minio-bucket"]["environment"]["S3_BUCKET"]) == _expand(env["RUC_S3_BUCKET"])
     for name in OURS:
         assert {"RUC_DATABASE_URL", "RUC_BROKER_URL", "RUC_DATA_DIR"} <= set(SERVICES[name]["environment"])
+        if name != "migrate":
+            bucket_dep = SERVICES[name]["depends_on"]["minio-bucket"]
+            assert bucket_dep == {"condition": "service_completed_successfully", "required": False}
     dockerfiles = {SERVICES[n].get("build", {}).get("dockerfile") for n in OURS} - {None}
     assert dockerfiles == {"docker/Dockerfile.api", "docker/Dockerfile.worker"}
     api_docker = (REPO / "docker/Dockerfile.api").read_text()
