@@ -253,19 +253,24 @@ def get_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
     return resp.json()
 
 
-def job_events(client: httpx.Client, job_id: str) -> list[str]:
-    """Every event message of a job, oldest first (all pages)."""
-    out: list[str] = []
+def job_event_rows(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    """Every event of a job, oldest first (all pages)."""
+    out: list[dict[str, Any]] = []
     after: int | None = None
     while True:
         params: dict[str, Any] = {"limit": 100}
         if after is not None:
             params["after"] = after
         page = client.get(f"/v1/jobs/{job_id}/events", params=params).json()
-        out += [e["message"] for e in page["data"]]
+        out += page["data"]
         if not page["has_more"]:
             return out
         after = page["next_after"]
+
+
+def job_events(client: httpx.Client, job_id: str) -> list[str]:
+    """Every event message of a job, oldest first."""
+    return [e["message"] for e in job_event_rows(client, job_id)]
 
 
 def wait_job_finished(
