@@ -31,8 +31,8 @@ from integration_support import (
 
 KILLS = 10
 # Every attempt runs at least one epoch, so 10 kills need 10; the slack absorbs attempts that run
-# two or three before their kill (short epochs, polled over HTTP).
-EPOCHS = 24
+# two before their kill (short epochs, polled over HTTP).
+EPOCHS = 16
 # Where in the epoch after a checkpoint the kill lands, as a fraction of the last epoch's duration.
 KILL_AT_EPOCH_FRACTION = 0.3
 RESUMED = re.compile(r"resumed from epoch (\d+) \(attempt (\d+)\)")
