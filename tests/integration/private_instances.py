@@ -15,7 +15,6 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from integration_support import free_port, wait_for
@@ -108,5 +107,4 @@ class PrivatePostgres:
         if self.running():
             with contextlib.suppress(RuntimeError):
                 self.stop("immediate")
-        time.sleep(0.1)
         shutil.rmtree(self.root, ignore_errors=True)
