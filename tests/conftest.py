@@ -31,6 +31,10 @@ NEEDS_BY_FIXTURE: dict[str, tuple[str, ...]] = {
     "redis_url": ("redis",),
     "services": ("stack",),
     "s3_services": ("stack",),
+    # tests/reliability: instances of the suite's own (the server binaries), and the stack on them
+    "own_postgres": ("postgres",),
+    "own_redis": ("redis",),
+    "fault_stack": ("stack",),
 }
 
 

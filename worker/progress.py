@@ -3,7 +3,9 @@
 Every write names the run's lease; a refused write marks the lease lost, and ``should_stop`` then
 stops core at its next check, so a worker that lost its job stops writing at once. A database error
 in one of these writes is retried briefly, then the write is dropped (``worker.db_retry``): telemetry
-never fails a run. The outcome (``store_outcome``) retries longer and is never dropped.
+never fails a run. An epoch's metrics row is kept until it is stored, though: a row dropped during a
+database outage goes with the next epoch's write (or the next stage change), so the job's metrics
+have no hole. The outcome (``store_outcome``) retries longer and is never dropped.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class DbHooks:
         self._last_progress_write = 0.0
         self._total_written: int | None = None
         self._last_stop_poll = 0.0
+        self._unstored_epochs: dict[int, dict[str, Any]] = {}  # epoch -> metrics row not yet written
         self.time_limit = keeper.settings.job_time_limit_seconds  # per attempt; 0: none
         self.deadline = time.monotonic() + self.time_limit if self.time_limit else None
 
@@ -87,8 +90,10 @@ class DbHooks:
             should_stop=self.should_stop,
         )
 
-    def _write(self, what: str, write: Callable[[Session], bool]) -> None:
-        """Run ``write`` in its own transaction (retried on database errors); note a refusal."""
+    def _write(self, what: str, write: Callable[[Session], bool]) -> bool | None:
+        """Run ``write`` in its own transaction (retried on database errors); note a refusal.
+
+        Returns whether it was written; None when it was dropped after database errors."""
 
         def transaction() -> bool:
             with session_scope() as s:
@@ -97,10 +102,13 @@ class DbHooks:
         written = write_telemetry(transaction, what=f"job {self.lease.job_id}: {what}")
         if written is not None:  # None: dropped after a database error; the lease is not in doubt
             self.keeper.holds(written)
+        return written
 
     def on_stage(self, stage: str) -> None:
         if stage == self.stage or self.keeper.lost.is_set():
             return
+        if self._unstored_epochs:  # the last epoch's row was dropped: one more try before it is lost
+            self._write_epochs()
         self.stage = stage
         progress = overall_progress(self.weights, stage, 0.0)
         self._write(
@@ -135,18 +143,24 @@ class DbHooks:
     def on_epoch(self, metrics: dict[str, Any]) -> None:
         if self.keeper.lost.is_set():
             return
-        epoch = int(metrics["epoch"])
-        row = jsonable(metrics)
+        self._unstored_epochs[int(metrics["epoch"])] = jsonable(metrics)
+        self._write_epochs()
+
+    def _write_epochs(self) -> None:
+        """Write every epoch row not yet stored and the newest epoch number, in one transaction."""
+        rows = sorted(self._unstored_epochs.items())
+        latest = rows[-1][0]
 
         def write(s: Session) -> bool:
-            written = job_runs.put_epoch_metrics(s, self.lease, epoch, row) and job_runs.update_progress(
-                s, self.lease, epoch=epoch
-            )
+            written = all(job_runs.put_epoch_metrics(s, self.lease, e, row) for e, row in rows)
+            written = written and job_runs.update_progress(s, self.lease, epoch=latest)
             if not written:
-                s.rollback()  # the metrics row must not outlive a refused progress write
+                s.rollback()  # the metrics rows must not outlive a refused progress write
             return written
 
-        self._write(f"epoch {epoch} metrics", write)
+        if self._write(f"epoch {latest} metrics", write):
+            for epoch, _ in rows:
+                self._unstored_epochs.pop(epoch, None)
 
     def on_event(self, level: str, message: str) -> None:
         if self.keeper.lost.is_set():

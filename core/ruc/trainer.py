@@ -298,9 +298,11 @@ def train_ruc(
         if labels is not None:
             metrics.update(label_metrics(rt.clean, rt.pseudo, initial_clean, labels, num_clusters))
         per_epoch.append(metrics)
+        # Reported before it is checkpointed: a crash between the two repeats the epoch (whose report
+        # the worker replaces); the other order could leave a resumable epoch that was never reported.
+        hooks.on_epoch(dict(metrics))
         if ckpt is not None:
             save_state(rt.snapshot(fingerprint, epoch + 1, per_epoch), ckpt)
-        hooks.on_epoch(dict(metrics))
         hooks.check_stop(f"after RUC epoch {epoch + 1}")
 
     if bool(rt.ready.all()):

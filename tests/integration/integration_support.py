@@ -278,3 +278,35 @@ def get_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
     resp = client.get(f"/v1/jobs/{job_id}")
     assert resp.status_code == 200, resp.text
     return resp.json()
+
+
+def job_event_rows(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    """Every event of a job, oldest first (all pages)."""
+    out: list[dict[str, Any]] = []
+    after: int | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 100}
+        if after is not None:
+            params["after"] = after
+        page = client.get(f"/v1/jobs/{job_id}/events", params=params).json()
+        out += page["data"]
+        if not page["has_more"]:
+            return out
+        after = page["next_after"]
+
+
+def job_events(client: httpx.Client, job_id: str) -> list[str]:
+    """Every event message of a job, oldest first."""
+    return [e["message"] for e in job_event_rows(client, job_id)]
+
+
+def wait_job_finished(
+    client: httpx.Client, job_id: str, timeout: float, interval: float = 0.3
+) -> dict[str, Any]:
+    """The job once it left queued/running (succeeded, failed or cancelled)."""
+
+    def finished() -> dict[str, Any] | None:
+        job = get_job(client, job_id)
+        return job if job["status"] not in ("queued", "running") else None
+
+    return wait_for(finished, timeout, interval, f"job {job_id} to finish")

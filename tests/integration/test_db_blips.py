@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from test_worker_parts import _blobs_npz, _job_with_dataset
 
 from service.db.crud import job_runs
+from service.db.models import JobMetric
 from service.db.session import dispose_engines, session_scope
 from service.settings import Settings, get_settings
 
@@ -40,8 +41,10 @@ def pg_settings(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     get_settings.cache_clear()
 
 
-def _inject(name: str, job_id: str, when: str, fail_times: int) -> None:
-    """A trigger on ``jobs`` that fails the first ``fail_times`` UPDATEs of ``job_id`` matching ``when``."""
+def _inject(name: str, job_id: str, when: str, fail_times: int, on: str = "UPDATE ON jobs") -> None:
+    """A trigger that fails the first ``fail_times`` writes ``on`` (``UPDATE ON jobs``, ``INSERT ON
+    job_metrics``) of ``job_id``'s rows matching ``when``."""
+    id_column = "id" if on.endswith(" jobs") else "job_id"
     with session_scope() as s:
         s.execute(text(f"CREATE SEQUENCE {name}_seq"))
         s.execute(
@@ -54,16 +57,16 @@ def _inject(name: str, job_id: str, when: str, fail_times: int) -> None:
         )
         s.execute(
             text(
-                f"CREATE TRIGGER {name} BEFORE UPDATE ON jobs FOR EACH ROW "
-                f"WHEN (NEW.id = '{job_id}' AND {when}) EXECUTE FUNCTION {name}()"
+                f"CREATE TRIGGER {name} BEFORE {on} FOR EACH ROW "
+                f"WHEN (NEW.{id_column} = '{job_id}' AND {when}) EXECUTE FUNCTION {name}()"
             )
         )
 
 
-def _fired_and_drop(name: str) -> int:
+def _fired_and_drop(name: str, table: str = "jobs") -> int:
     with session_scope() as s:
         fired = int(s.execute(text(f"SELECT last_value FROM {name}_seq")).scalar_one())
-        s.execute(text(f"DROP TRIGGER {name} ON jobs"))
+        s.execute(text(f"DROP TRIGGER {name} ON {table}"))
         s.execute(text(f"DROP FUNCTION {name}()"))
         s.execute(text(f"DROP SEQUENCE {name}_seq"))
     return fired
@@ -91,7 +94,7 @@ def test_one_failed_progress_write_and_outcome_write_do_not_fail_the_job(pg_sett
     assert not (pg_settings.storage_dir / "jobs" / job_id / "attempts").exists()
 
 
-def test_a_progress_write_that_keeps_failing_is_dropped_not_fatal(
+def test_telemetry_that_keeps_failing_is_dropped_not_fatal_but_epoch_rows_are_kept(
     pg_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     from worker.db_retry import TELEMETRY_RETRY_DELAYS
@@ -101,17 +104,29 @@ def test_a_progress_write_that_keeps_failing_is_dropped_not_fatal(
     tries = len(TELEMETRY_RETRY_DELAYS) + 1
     stage_change = "NEW.status = 'running' AND NEW.stage = 'base_clustering' AND OLD.stage = 'loading'"
     _inject("blip_stage", job_id, stage_change, fail_times=tries)
+    # Epoch 2's row fails every try of its own write; epoch 3's too, so its last chance is the next stage.
+    on_metrics = "INSERT ON job_metrics"
+    _inject("blip_epoch2", job_id, "NEW.epoch = 2", fail_times=tries, on=on_metrics)
+    _inject("blip_epoch3", job_id, "NEW.epoch = 3", fail_times=tries, on=on_metrics)
     try:
         with caplog.at_level(logging.WARNING, logger="worker.db_retry"):
             result = run_job_delivery(job_id, settings=pg_settings, device="cpu", owner="w1")
     finally:
         fired = _fired_and_drop("blip_stage")
+        epochs_fired = tuple(_fired_and_drop(f"blip_epoch{e}", "job_metrics") for e in (2, 3))
     assert result == "succeeded"
     assert fired >= tries, fired
+    # Epoch 2's row went again with every try of epoch 3's write (which failed on epoch 3's row) and
+    # was stored, with epoch 3's, by the write at the stage change after refining.
+    assert epochs_fired == (2 * tries + 1, tries + 1), epochs_fired
     with session_scope() as s:
         job = job_runs.get_job(s, job_id)
         messages = job_runs.list_event_messages(s, job_id)
-    assert job is not None and job.status == "succeeded" and job.lease_owner is None
-    # The one write that failed every try is missing; every other stage was recorded.
+        rows = s.scalars(select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.epoch)).all()
+    assert job is not None and job.status == "succeeded" and job.lease_owner is None and job.epoch == 3
+    # The one stage write that failed every try is missing; every other stage was recorded.
     assert "stage base_clustering" not in messages and "stage sampling" in messages
     assert any("stage base_clustering: dropped after" in r.getMessage() for r in caplog.records)
+    # No epoch row is missing, and each is what the result reports for its epoch.
+    assert [r.epoch for r in rows] == [1, 2, 3]
+    assert all(r.metrics.items() <= m.items() for r, m in zip(rows, job.result["per_epoch"], strict=True))

@@ -3,15 +3,14 @@ lost its messages: no job or upload stays queued, validating or running without 
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from integration_support import Services, digits_npz, free_port, small_spec, upload, wait_for, wait_upload
+from integration_support import Services, digits_npz, small_spec, upload, wait_for, wait_upload
+from private_instances import PrivateRedis
 from sqlalchemy import update
 
 from service.db.crud import job_runs
@@ -59,53 +58,6 @@ def _dead_workers_job(pg_url: str) -> str:
     return job_id
 
 
-class _Redis:
-    """A private redis-server on a free port that the test stops and starts."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.tmp = tmp
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        import redis
-
-        argv = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.tmp),
-        ]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_for(up, 20, 0.1, "redis-server")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def messages(self, queue: str) -> list[dict]:
-        import redis
-
-        raw = redis.Redis.from_url(self.url).lrange(queue, 0, -1)
-        return [json.loads(m) for m in raw]
-
-
 def test_a_sweep_while_the_broker_is_down_loses_nothing(
     private_pg_url: str, pg_settings: Settings, tmp_path: Path
 ) -> None:
@@ -116,7 +68,7 @@ def test_a_sweep_while_the_broker_is_down_loses_nothing(
     # A private database: the suite's live workers sweep the shared one and would take this job first.
     pg_url = private_pg_url
     job_id = _dead_workers_job(pg_url)
-    broker = _Redis(tmp_path)
+    broker = PrivateRedis(tmp_path)
     app = Celery("sweep-test", broker=broker.url, set_as_current=False)
     app.conf.broker_connection_retry_on_startup = False
     try:

@@ -14,21 +14,16 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from integration_support import Services, digits_npz, get_job, small_spec, upload, wait_for, wait_upload
-
-
-def events(client: httpx.Client, job_id: str) -> list[str]:
-    out: list[str] = []
-    after: int | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 100}
-        if after is not None:
-            params["after"] = after
-        page = client.get(f"/v1/jobs/{job_id}/events", params=params).json()
-        out += [e["message"] for e in page["data"]]
-        if not page["has_more"]:
-            return out
-        after = page["next_after"]
+from integration_support import (
+    Services,
+    digits_npz,
+    get_job,
+    job_events,
+    small_spec,
+    upload,
+    wait_for,
+    wait_upload,
+)
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +181,7 @@ def test_killed_worker_job_resumes_from_its_checkpoint(
     )
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 2, job
-    messages = events(client, job_id)
+    messages = job_events(client, job_id)
     resumed = [m for m in messages if m.startswith("resumed from epoch")]
     assert resumed, messages
     resumed_epoch = int(resumed[0].split()[3])
