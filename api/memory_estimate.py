@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import CoreInputError
-from core.spec import JobSpec, resolve_inputs
+from core.spec import JobSpec, resolve_from_facts
 from core.spec.refine import effective_batch_size, effective_knn_k
 
 GiB = 1024**3
@@ -160,9 +160,8 @@ def estimate_job_memory(
     its ``vit`` facts (the architecture).
     """
     spaces = facts.get("feature_spaces") or {}
-    has_images = facts.get("has_images", True) is not False
     try:
-        resolved = resolve_inputs(spec, has_images=has_images, feature_spaces=spaces)
+        resolved = resolve_from_facts(spec, facts)
     except CoreInputError:
         return None  # the submit is refused for that reason before memory matters
     if resolved.kind == "features":

@@ -17,7 +17,7 @@ from api.problems import FieldProblem, ProblemError, field_error
 from api.queue import EnqueueError, enqueue
 from api.quotas import check_active_jobs
 from core.errors import CoreInputError
-from core.spec import JobSpec, resolve_inputs
+from core.spec import JobSpec, resolve_from_facts
 from service.callback_urls import submit_problem
 from service.client_errors import BROKER_UNAVAILABLE, BROKER_UNAVAILABLE_MESSAGE, format_error, public_reason
 from service.db.crud import checkpoints as ck_crud
@@ -60,9 +60,8 @@ def _check_inputs(
     # num_clusters is None when base.auto_k estimates it; the estimate never exceeds the image count.
     if isinstance(count, int) and spec.num_clusters is not None and spec.num_clusters > count:
         raise field_error(422, "num_clusters", f"{spec.num_clusters} clusters for {count} samples")
-    spaces = facts.get("feature_spaces") or {}
-    try:  # facts stored before feature spaces existed describe image datasets
-        resolve_inputs(spec, has_images=facts.get("has_images", True) is not False, feature_spaces=spaces)
+    try:
+        resolve_from_facts(spec, facts)
     except CoreInputError as exc:
         raise field_error(422, exc.field, exc.problem) from None
     if spec.base.method == "labels" and not facts.get("has_assignments"):

@@ -6,7 +6,7 @@ Defaults come from the RUC paper, appendix A.2, unless noted. One module per blo
 
 from core.spec.base import BaseSpec
 from core.spec.common import BackboneName
-from core.spec.features import FeatureViewsSpec, ResolvedInputs, resolve_inputs
+from core.spec.features import FeatureViewsSpec, ResolvedInputs, resolve_from_facts, resolve_inputs
 from core.spec.job import AttackSpec, EvaluateSpec, JobSpec
 from core.spec.methods import (
     AndSpec,
@@ -37,5 +37,6 @@ __all__ = [
     "RefineSpec",
     "ResolvedInputs",
     "ScanSpec",
+    "resolve_from_facts",
     "resolve_inputs",
 ]

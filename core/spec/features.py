@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -128,3 +128,12 @@ def resolve_inputs(spec: JobSpec, *, has_images: bool, feature_spaces: Mapping[s
             raise CoreInputError(".".join(loc), problem)
         space = space or spaces[0]
     return ResolvedInputs(kind=kind, space=space, dim=int(feature_spaces[space]) if space else None)
+
+
+def resolve_from_facts(spec: JobSpec, facts: Mapping[str, Any]) -> ResolvedInputs:
+    """``resolve_inputs`` against a dataset's validation facts (``has_images``, ``feature_spaces``).
+
+    Facts stored before feature spaces existed lack both keys; they describe image datasets.
+    """
+    spaces = facts.get("feature_spaces") or {}
+    return resolve_inputs(spec, has_images=facts.get("has_images", True) is not False, feature_spaces=spaces)

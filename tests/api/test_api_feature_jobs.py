@@ -82,3 +82,49 @@ def test_submit_checks_the_spec_against_the_feature_spaces(
     # the spec alone says features: refused without looking at any dataset
     r = submit(client, keys.a, images, refine={"input": "features"}, base={"method": "and"})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "base.method", r.text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_predictions_on_a_feature_job_are_a_422_naming_the_job(
+    client: TestClient, keys: Keys, settings: Settings
+) -> None:
+    """Predictions assign new images; a feature job's MLP heads have none to read."""
+    import io
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from sqlalchemy import update
+
+    from service.db.models import Artifact, Job, utcnow
+    from service.db.session import session_scope
+
+    result = json.loads((Path(__file__).parent / "result_example.json").read_text())
+    result["dataset"].update(
+        height=None, width=None, channels=None, has_images=False, feature_spaces={"clip": 4}
+    )
+    result["base_info"]["input"] = "features"
+    job_id = submit(client, keys.a, ready_dataset(client, settings, keys.a, **FEATURES_ONLY)).json()["id"]
+    with session_scope(settings.database_url) as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status="succeeded", result=result, finished_at=utcnow())
+        )
+        s.add(
+            Artifact(
+                job_id=job_id,
+                name="refined_ensemble.safetensors",
+                path=f"jobs/{job_id}/x",
+                size=1,
+                sha256="0" * 64,
+            )
+        )
+    buf = io.BytesIO()
+    np.savez(buf, images=np.zeros((2, 8, 8, 1), np.uint8))
+    r = client.post(
+        f"/v1/jobs/{job_id}/predictions", headers=keys.a, files={"file": ("x.npz", buf.getvalue())}
+    )
+    assert r.status_code == 422, r.text
+    err = r.json()["errors"][0]
+    assert err["field"] == "job_id" and "read precomputed features" in err["problem"], err
