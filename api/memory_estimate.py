@@ -18,6 +18,16 @@ backbone's parameters, D its feature width):
 - batch inputs: ``2 * (2*M + 1) * B * 4*H*W*C`` (weak views, strong view, the mixed copy);
 - a fixed ``RUNTIME_OVERHEAD_BYTES`` for the interpreter, torch and its allocator.
 
+A feature job (``core.spec.resolve_inputs``: MLP heads on a feature space of dimension D, hidden
+width h = ``refine.feature_hidden_dim``) reads no pixels, so its terms are instead:
+
+- features: ``4*N*sum(D)`` (every float32 feature array of the dataset is loaded) plus ``N*H*W*C``
+  when the dataset also has images (held as uint8, never converted);
+- kNN: as above without the embedding copy (the features are the embedding);
+- models: ``P = D*h + 3*h + h*K + K`` parameters (Linear, BatchNorm, head), counted as above;
+- activations: ``B * 4 * (D + 4*h)`` per chunk of B (input, pre-activation, BatchNorm, ReLU);
+- batch inputs: ``2 * (2*M + 1) * B * 4*D``.
+
 The result is compared with ``Settings.worker_memory_bytes``; the largest term decides which field
 the 422 names.
 """
@@ -28,7 +38,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from core.spec import JobSpec
+from core.errors import CoreInputError
+from core.spec import JobSpec, resolve_from_facts
 from core.spec.refine import effective_batch_size, effective_knn_k
 
 GiB = 1024**3
@@ -71,6 +82,7 @@ _VIT_FIELDS = ("patch_size", "dim", "depth", "mlp_dim", "registers", "in_channel
 # The field a client changes to shrink each term.
 TERM_FIELDS: dict[str, str] = {
     "images": "dataset_id",
+    "features": "base.features",
     "knn": "refine.strategy",
     "models": "refine.backbone",
     "activations": "refine.batch_size",
@@ -140,12 +152,20 @@ def estimate_job_memory(
     checkpoint_backbone: str | None = None,
     checkpoint_vit: dict[str, Any] | None = None,
 ) -> MemoryEstimate | None:
-    """Bytes the job's RUC stage needs on a worker; None when the facts lack the image shape.
+    """Bytes the job's RUC stage needs on a worker; None when the facts lack the data's shape.
 
-    facts: the dataset's validation facts (``count``, ``height``, ``width``, ``channels``).
+    facts: the dataset's validation facts (``count``, ``height``, ``width``, ``channels``,
+    ``feature_spaces``).
     checkpoint_backbone / checkpoint_vit: an uploaded checkpoint's ``backbone`` and, for ``vit``,
     its ``vit`` facts (the architecture).
     """
+    spaces = facts.get("feature_spaces") or {}
+    try:
+        resolved = resolve_from_facts(spec, facts)
+    except CoreInputError:
+        return None  # the submit is refused for that reason before memory matters
+    if resolved.kind == "features":
+        return _feature_job_memory(spec, facts, spaces, resolved.dim or 0)
     shape = [facts.get(k) for k in ("count", "height", "width", "channels")]
     if not all(isinstance(v, int) and v > 0 for v in shape):
         return None
@@ -163,11 +183,8 @@ def estimate_job_memory(
         per_image = pixels * ACTIVATION_BYTES_PER_PIXEL[backbone]
     b = min(effective_batch_size(refine.batch_size, num_samples=n), n)
     nets = 2 if refine.co_training else 1
-    knn = 0
-    if refine.strategy != "confidence":
-        clusters = spec.num_clusters or (spec.base.auto_k.k_min if spec.base.auto_k else 2)
-        k = effective_knn_k(refine.knn_k, num_samples=max(n, 2), num_clusters=clusters)
-        knn = 8 * n * k + 4 * min(KNN_CHUNK_ROWS, n) * n + 4 * n * dim
+    knn = _knn_bytes(spec, n)
+    knn += 4 * n * dim if knn and resolved.space is None else 0
     terms = {
         "images": 5 * n * pixels * c,
         "knn": knn,
@@ -176,4 +193,43 @@ def estimate_job_memory(
         "batch_inputs": 2 * (2 * refine.weak_augmentations + 1) * b * 4 * pixels * c,
         "runtime": RUNTIME_OVERHEAD_BYTES,
     }
+    dims = [v for v in spaces.values() if isinstance(v, int) and v > 0]
+    if dims:  # the dataset's feature arrays are loaded with its images
+        terms["features"] = 4 * n * sum(dims)
     return MemoryEstimate(terms=terms, backbone=backbone)
+
+
+def _knn_bytes(spec: JobSpec, n: int) -> int:
+    """kNN indices and the similarity block of the metric strategy (0 for confidence)."""
+    if spec.refine.strategy == "confidence":
+        return 0
+    clusters = spec.num_clusters or (spec.base.auto_k.k_min if spec.base.auto_k else 2)
+    k = effective_knn_k(spec.refine.knn_k, num_samples=max(n, 2), num_clusters=clusters)
+    return 8 * n * k + 4 * min(KNN_CHUNK_ROWS, n) * n
+
+
+def _feature_job_memory(
+    spec: JobSpec, facts: dict[str, Any], spaces: dict[str, Any], d: int
+) -> MemoryEstimate | None:
+    """The terms of a feature job (module docstring)."""
+    n = facts.get("count")
+    dims = [v for v in spaces.values() if isinstance(v, int) and v > 0]
+    if not (isinstance(n, int) and n > 0 and d > 0 and dims):
+        return None
+    refine = spec.refine
+    h = refine.feature_hidden_dim
+    k = spec.num_clusters or (spec.base.auto_k.k_max if spec.base.auto_k else 2)
+    params = d * h + 3 * h + h * k + k
+    b = min(effective_batch_size(refine.batch_size, num_samples=n), n)
+    nets = 2 if refine.co_training else 1
+    image_shape = [facts.get(key) for key in ("height", "width", "channels")]
+    image_bytes = math.prod(image_shape) * n if all(isinstance(v, int) and v > 0 for v in image_shape) else 0
+    terms = {
+        "features": 4 * n * sum(dims) + image_bytes,
+        "knn": _knn_bytes(spec, n),
+        "models": 4 * params * 3 * nets + 4 * params,
+        "activations": b * 4 * (d + 4 * h),
+        "batch_inputs": 2 * (2 * refine.weak_augmentations + 1) * b * 4 * d,
+        "runtime": RUNTIME_OVERHEAD_BYTES,
+    }
+    return MemoryEstimate(terms=terms, backbone="mlp")

@@ -20,6 +20,12 @@ of 4x the no-grad chunk): that table serves co-refinement, refurbishing and the 
 Peak RSS is the process's ru_maxrss after each stage.
 Variants: fp32, channels_last, bf16 autocast, channels_last + bf16 (floor for each; the RUC
 epoch for the default and, with --variant-epochs, for every variant).
+
+With --features the data are N float32 feature vectors of --dim dimensions and the networks are
+a feature job's MLP heads (core.models.FeatureClusteringModel, hidden width --hidden) with the
+default feature views; the floor replays the same passes on random (B, D) matrices:
+
+    .venv/bin/python bench/ruc_epoch.py --features --n 50000 --dim 768 --batch 200 --device cpu
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import Any
 import torch
 from summary import add_summary_argument, write_summary
 
-from core.models import ClusteringModel, build_backbone
+from core.models import ClusteringModel, FeatureClusteringModel, build_backbone, feature_statistics
 from core.ruc import PerfOptions, train_ruc
 from core.ruc.perf import INFERENCE_BATCH_FACTOR, default_perf, nograd_chunk_size
 from core.spec import RefineSpec
@@ -65,16 +71,31 @@ def make_inputs(
     seed: int,
     device: torch.device,
     backbone_name: str = "resnet18_cifar",
+    features: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    """Random data, pseudo-labels, clean set and base network; features: (D, hidden) for MLP heads."""
     g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8)
+    if features is None:
+        data = torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8)
+    else:
+        data = torch.randn(n, features[0], generator=g)
     pseudo = torch.randint(0, k, (n,), generator=g)
     clean = torch.rand(n, generator=g) < clean_fraction
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        base = make_net(k, backbone_name, features, data)
+    return {"images": data.to(device), "pseudo": pseudo, "clean": clean, "base": base.to(device)}
+
+
+def make_net(
+    k: int, backbone_name: str, features: tuple[int, int] | None, data: torch.Tensor | None = None
+) -> ClusteringModel:
+    """A clustering network on a 32x32x3 backbone, or a feature job's MLP head on (D, hidden)."""
+    if features is None:
         backbone, dim = build_backbone(backbone_name, in_channels=3)
-        base = ClusteringModel(backbone, dim, k).to(device)
-    return {"images": images.to(device), "pseudo": pseudo, "clean": clean, "base": base}
+        return ClusteringModel(backbone, dim, k)
+    mean, std = feature_statistics(data) if data is not None else (None, None)
+    return FeatureClusteringModel(features[0], features[1], k, mean=mean, std=std)
 
 
 def ruc_epochs(
@@ -109,6 +130,7 @@ def floor_epoch(
     perf: PerfOptions,
     max_steps: int | None = None,
     backbone_name: str = "resnet18_cifar",
+    features: tuple[int, int] | None = None,
 ) -> tuple[float, dict[str, int]]:
     """Time the passes of one RUC epoch (see module doc) on random tensors; returns (seconds, counts).
 
@@ -121,13 +143,15 @@ def floor_epoch(
     dtype = perf.autocast_dtype if perf.autocast_dtype not in (None, torch.float32) else None
     nets = []
     for _ in range(n_nets):
-        backbone, dim = build_backbone(backbone_name, in_channels=3)
-        nets.append(ClusteringModel(backbone, dim, k).to(device, memory_format=fmt))
+        net = make_net(k, backbone_name, features)
+        nets.append(net.to(device) if features else net.to(device, memory_format=fmt))
 
     def amp() -> Any:
         return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
     def rand(b: int) -> torch.Tensor:
+        if features is not None:
+            return torch.randn(b, features[0], device=device)
         return torch.rand(b, 3, 32, 32, device=device).contiguous(memory_format=fmt)
 
     has_u = n_unclean > 0
@@ -211,32 +235,46 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
     ap.add_argument("--variant-epochs", action="store_true", help="also run a RUC epoch for every variant")
     ap.add_argument("--variant-steps", type=int, default=2, help="steps timed for the other variants' floors")
+    ap.add_argument("--features", action="store_true", help="feature vectors and MLP heads instead of images")
+    ap.add_argument("--dim", type=int, default=768, help="--features: D of the vectors")
+    ap.add_argument("--hidden", type=int, default=512, help="--features: hidden width of the MLP heads")
     add_summary_argument(ap)
     args = ap.parse_args()
     rss_imports = peak_rss_mb()
 
     device = torch.device(args.device)
-    spec = RefineSpec(epochs=args.epochs, batch_size=args.batch)
-    inputs = make_inputs(args.n, args.clusters, args.clean_fraction, 0, device, args.backbone)
+    spec = RefineSpec(epochs=args.epochs, batch_size=args.batch, feature_hidden_dim=args.hidden)
+    features = (args.dim, args.hidden) if args.features else None
+    inputs = make_inputs(args.n, args.clusters, args.clean_fraction, 0, device, args.backbone, features)
     n_clean = int(inputs["clean"].sum())
+    data = (
+        f"features D={args.dim}, MLP hidden {args.hidden}"
+        if features
+        else f"backbone={args.backbone} 32x32x3"
+    )
     print(f"load average at start: {os.getloadavg()}")
     print(
         f"device={device} threads={torch.get_num_threads()} n={args.n} batch={args.batch} "
-        f"clean={n_clean} unclean={args.n - n_clean} clusters={args.clusters} "
-        f"backbone={args.backbone} 32x32x3"
+        f"clean={n_clean} unclean={args.n - n_clean} clusters={args.clusters} {data}"
     )
     default = default_perf(device, spec)
     default_name = next((name for name, p in VARIANTS.items() if _same(p, default)), "default")
     print(f"train_ruc's default on this device: {default_name} ({default})")
+    if features is not None:  # a (B, D) matrix has no memory format: train_ruc ignores channels_last
+        default_name = "fp32" if device.type == "cpu" else default_name.replace("channels_last+", "")
+        print(f"a feature job's default here: {default_name} (core.ruc.trainer)")
 
     figures: dict[str, object] = {
         "n": args.n,
         "batch": args.batch,
         "device": str(device),
-        "backbone": args.backbone,
+        "backbone": "mlp" if features else args.backbone,
+        "features": {"dim": args.dim, "hidden": args.hidden} if features else None,
         "default": default_name,
     }
     names = [v for v in args.variants.split(",") if v]
+    if features is not None:
+        names = [v for v in names if "channels_last" not in v]
     order = [default_name] + [v for v in names if v != default_name]
     for name in order:
         perf = VARIANTS.get(name, default)
@@ -251,7 +289,15 @@ def main() -> None:
             rss_ruc = peak_rss_mb()
             cpu0 = cpu_seconds()
             floor_s, counts = floor_epoch(
-                spec, args.clusters, n_clean, n_unclean, args.n, device, perf, backbone_name=args.backbone
+                spec,
+                args.clusters,
+                n_clean,
+                n_unclean,
+                args.n,
+                device,
+                perf,
+                backbone_name=args.backbone,
+                features=features,
             )
             floor_cpu = cpu_seconds() - cpu0
             line += (
@@ -272,6 +318,7 @@ def main() -> None:
                 perf,
                 max_steps=args.variant_steps,
                 backbone_name=args.backbone,
+                features=features,
             )
             line += f" floor {floor_s:.2f} s (extrapolated from {counts['timed_steps']} step(s))"
         print(line, flush=True)

@@ -21,7 +21,9 @@ class DatasetPublic(PublicModel):
     )
     facts: dict[str, Any] | None = Field(
         default=None,
-        description="count, height, width, channels, has_labels, label_count, has_assignments",
+        description="count, height, width, channels (null without images), has_labels, label_count, "
+        "has_assignments, has_images, feature_spaces (name -> dimension D of each precomputed feature "
+        "array: 'default' for 'features', 'clip' for 'features_clip')",
         examples=[
             {"count": 50000, "height": 32, "width": 32, "channels": 3, "has_labels": True, "label_count": 10}
         ],

@@ -17,7 +17,8 @@ from api.memory_estimate import estimate_job_memory
 from api.problems import FieldProblem, ProblemError, field_error
 from api.queue import EnqueueError, enqueue
 from api.quotas import check_active_jobs
-from core.spec import JobSpec
+from core.errors import CoreInputError
+from core.spec import JobSpec, resolve_from_facts
 from service.callback_urls import submit_problem
 from service.client_errors import BROKER_UNAVAILABLE, BROKER_UNAVAILABLE_MESSAGE, format_error, public_reason
 from service.db.crud import checkpoints as ck_crud
@@ -59,7 +60,11 @@ def _check_inputs(
     count = facts.get("count")
     # num_clusters is None when base.auto_k estimates it; the estimate never exceeds the image count.
     if isinstance(count, int) and spec.num_clusters is not None and spec.num_clusters > count:
-        raise field_error(422, "num_clusters", f"{spec.num_clusters} clusters for {count} images")
+        raise field_error(422, "num_clusters", f"{spec.num_clusters} clusters for {count} samples")
+    try:
+        resolve_from_facts(spec, facts)
+    except CoreInputError as exc:
+        raise field_error(422, exc.field, exc.problem) from None
     if spec.base.method == "labels" and not facts.get("has_assignments"):
         raise field_error(
             422, "base.method", "'labels' needs a dataset with uploaded 'assignments' or 'assignment_probs'"

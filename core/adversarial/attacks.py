@@ -1,4 +1,8 @@
-"""White-box L-inf attacks in [0, 1] pixel space: FGSM and BIM (RUC Sec. 4.4).
+"""White-box L-inf attacks: FGSM and BIM (RUC Sec. 4.4), in [0, 1] pixel space or in feature space.
+
+In pixel space the radius eps is in pixel units and every result is clipped to [0, 1]. A feature
+job has no such box: ``scale`` turns the relative eps into an absolute radius (eps x the features'
+mean per-dimension std) and ``clip`` is off, so only the eps-ball bounds the perturbation.
 
 Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so no parameter ``.grad``
 is touched. A module is put in eval mode for the attack (BatchNorm statistics must not move) and
@@ -52,33 +56,52 @@ def _loss_grad_sign(model: ModelFn, x: torch.Tensor, target: torch.Tensor) -> to
     return grad.sign()
 
 
-def fgsm(model: ModelFn, x01: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
-    """Fast gradient sign method: clip01(x + eps * sign(grad_x CE(model(x), target))).
+def fgsm(
+    model: ModelFn,
+    x01: torch.Tensor,
+    target: torch.Tensor,
+    eps: float,
+    *,
+    scale: float = 1.0,
+    clip: bool = True,
+) -> torch.Tensor:
+    """Fast gradient sign method: clip01(x + eps * scale * sign(grad_x CE(model(x), target))).
 
-    x01: (B, C, H, W) float in [0, 1]; target: (B,) int64 class (cluster) indices. Returns the
-    detached adversarial batch, same shape/dtype/device.
+    x01: (B, C, H, W) float in [0, 1], or (B, D) features with ``clip`` off; target: (B,) int64
+    class (cluster) indices. Returns the detached adversarial batch, same shape/dtype/device.
     """
     _check(x01, target, eps)
     with _eval_mode(model):
         step = _loss_grad_sign(model, x01, target)
-    return (x01.detach() + eps * step).clamp(0.0, 1.0)
+    adv = x01.detach() + (eps * scale) * step
+    return adv.clamp(0.0, 1.0) if clip else adv
 
 
 def bim(
-    model: ModelFn, x01: torch.Tensor, target: torch.Tensor, eps: float, *, steps: int = 5
+    model: ModelFn,
+    x01: torch.Tensor,
+    target: torch.Tensor,
+    eps: float,
+    *,
+    steps: int = 5,
+    scale: float = 1.0,
+    clip: bool = True,
 ) -> torch.Tensor:
-    """Basic iterative method: ``steps`` FGSM steps of size eps/steps, each projected back to the
-    L-inf ball of radius eps around x01 and to [0, 1].
+    """Basic iterative method: ``steps`` FGSM steps of size eps*scale/steps, each projected back to
+    the L-inf ball of radius eps*scale around x01 and (``clip``) to [0, 1].
 
-    x01: (B, C, H, W) float in [0, 1]; target: (B,) int64. Returns the detached adversarial batch.
+    x01: (B, C, H, W) float in [0, 1], or (B, D) features with ``clip`` off; target: (B,) int64.
+    Returns the detached adversarial batch.
     """
     _check(x01, target, eps)
     if steps < 1:
         raise CoreInputError("steps", f"must be >= 1, got {steps}")
     x0 = x01.detach()
-    lo = (x0 - eps).clamp(min=0.0)
-    hi = (x0 + eps).clamp(max=1.0)
-    alpha = eps / steps
+    radius = eps * scale
+    lo, hi = x0 - radius, x0 + radius
+    if clip:
+        lo, hi = lo.clamp(min=0.0), hi.clamp(max=1.0)
+    alpha = radius / steps
     adv = x0.clone()
     with _eval_mode(model):
         for _ in range(steps):

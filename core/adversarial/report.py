@@ -35,22 +35,31 @@ def robustness_report(
     attacks: Sequence[AttackLike],
     batch_size: int,
     device: str | torch.device,
+    feature_scale: float | None = None,
 ) -> dict:
     """Evaluate ``model_fn`` (x (B, C, H, W) in [0, 1] -> logits (B, K)) under each attack and eps.
 
-    images: (N, C, H, W) float in [0, 1] on any device (moved per batch). With labels y_true (N,),
+    images: (N, C, H, W) float in [0, 1] on any device (moved per batch); with ``feature_scale``
+    (N, D) features instead, attacked in feature space with radius eps x feature_scale and no
+    [0, 1] clipping (``space`` and ``eps_scale`` in the result say so). With labels y_true (N,),
     the attack target is the true class mapped into cluster space through ``mapping`` (cluster ->
     class, -1 unmatched; computed by Hungarian matching of the clean predictions when None); a
     class without a cluster is targeted through the clean prediction (it can never be right
     anyway). Without labels the target is the clean prediction. Put modules in eval mode first if
     ``model_fn`` is not itself an ``nn.Module``.
 
-    Returns {num_samples, target, clean_accuracy, unavailable_reason, attacks: [{kind, eps, steps,
-    accuracy, stability}]}; accuracy = Hungarian-mapped prediction equals the label (None without
-    labels), stability = fraction of samples whose predicted cluster is unchanged by the attack.
+    Returns {num_samples, target, clean_accuracy, unavailable_reason, space, eps_scale, attacks:
+    [{kind, eps, steps, accuracy, stability}]}; accuracy = Hungarian-mapped prediction equals the
+    label (None without labels), stability = fraction of samples whose predicted cluster is
+    unchanged by the attack.
     """
-    if images.ndim != 4:
-        raise CoreInputError("images", f"expected (N, C, H, W), got shape {tuple(images.shape)}")
+    features = feature_scale is not None
+    if images.ndim != (2 if features else 4):
+        want = "(N, D) features" if features else "(N, C, H, W) images"
+        raise CoreInputError("images", f"expected {want}, got shape {tuple(images.shape)}")
+    if features and not (feature_scale is not None and feature_scale > 0):
+        raise CoreInputError("feature_scale", f"must be > 0, got {feature_scale}")
+    scale, clip = (float(feature_scale), False) if feature_scale is not None else (1.0, True)
     if batch_size < 1:
         raise CoreInputError("batch_size", f"must be >= 1, got {batch_size}")
     for a in attacks:
@@ -108,9 +117,9 @@ def robustness_report(
         target_d = target.to(dev)
         for j, (a, eps) in enumerate(jobs):
             x_adv = (
-                fgsm(model_fn, x, target_d, eps)
+                fgsm(model_fn, x, target_d, eps, scale=scale, clip=clip)
                 if a.kind == "fgsm"
-                else bim(model_fn, x, target_d, eps, steps=a.steps)
+                else bim(model_fn, x, target_d, eps, steps=a.steps, scale=scale, clip=clip)
             )
             pred = _predict(model_fn, x_adv).cpu()
             stable[j] += int((pred == pred0).sum())
@@ -123,6 +132,8 @@ def robustness_report(
         "target": "true_label" if has_labels else "clean_prediction",
         "clean_accuracy": (clean_correct / n if n else None) if has_labels else None,
         "unavailable_reason": None if has_labels else NO_LABELS,
+        "space": "features" if features else "pixels",
+        "eps_scale": scale if features else None,
         "attacks": [
             {
                 "kind": a.kind,

@@ -25,3 +25,10 @@ def randint(
     if generator is None:
         return torch.randint(high, shape, device=device)
     return torch.randint(high, shape, generator=generator, device=generator.device).to(device)
+
+
+def randn(shape: tuple[int, ...], *, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal float32 of ``shape`` on ``device``."""
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)

@@ -108,7 +108,7 @@ def select_anchors(
 
 
 def _build(inputs: MethodInputs, features_dim: int) -> tuple[AndNet, str]:
-    x = inputs.images01
+    x = inputs.pixels()
     emb = inputs.embedding_model
     if emb is not None:
         return AndNet(
@@ -135,7 +135,7 @@ def run_and(
     """AND rounds 0..R on ``inputs.images01`` (N, C, H, W), then k-means on the memory (module docstring)."""
     cfg = spec.and_
     dev = inputs.device
-    x = inputs.images01
+    x = inputs.pixels()
     n = x.shape[0]
     torch.manual_seed(seed)
     net, source = _build(inputs, cfg.features_dim)

@@ -1,8 +1,9 @@
 """DEC, IDEC and DCN on an autoencoder, with optional BRB soft resets.
 
-Input vectors: the uploaded embedding model's features when there is one (standardised to unit
-mean norm x sqrt(D)), else the flattened pixels in [0, 1]. An MLP autoencoder is pre-trained on
-reconstruction (MSE), k-means in its latent space gives the initial centroids mu (K, d), then:
+Input vectors: the uploaded embedding model's features, or the dataset's precomputed features,
+when there are any (standardised to unit mean norm x sqrt(D)), else the flattened pixels in
+[0, 1]. An MLP autoencoder is pre-trained on reconstruction (MSE), k-means in its latent space
+gives the initial centroids mu (K, d), then:
 
 DEC  (Xie et al. 2016)  q_ij = (1 + ||z_i - mu_j||^2 / a)^(-(a+1)/2), normalised over j (Student-t);
      target p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j'), f_j = sum_i q_ij, recomputed on all
@@ -99,12 +100,14 @@ def soft_reset(
 
 def input_vectors(inputs: MethodInputs) -> tuple[torch.Tensor, str]:
     """(N, D) vectors the autoencoder reconstructs, and where they come from."""
-    if inputs.embedding_model is not None:
+    # Learned features (an embedding model's or the dataset's) are what to cluster; a PCA of the
+    # pixels is only a stand-in for them, so then the autoencoder reads the pixels themselves.
+    if inputs.embedding_model is not None or inputs.features_source != "pca" or inputs.images01 is None:
         f = inputs.features.float()
         f = f - f.mean(0, keepdim=True)
         # unit variance per dimension on average, like pixels' spread around their mean
         return f / f.pow(2).mean().sqrt().clamp_min(1e-8), inputs.features_source
-    return inputs.images01.flatten(1).float(), "pixels"
+    return inputs.pixels().flatten(1).float(), "pixels"
 
 
 def pretrain_autoencoder(

@@ -100,7 +100,7 @@ class GccNet(nn.Module):
 
 
 def _build(inputs: MethodInputs, num_clusters: int, features_dim: int) -> tuple[GccNet, str]:
-    x = inputs.images01
+    x = inputs.pixels()
     emb = inputs.embedding_model
     if emb is not None:
         net = GccNet(
@@ -164,7 +164,7 @@ def run_gcc(
     """GCC on ``inputs.images01`` (N, C, H, W); see module docstring."""
     cfg = spec.gcc
     dev = inputs.device
-    x = inputs.images01
+    x = inputs.pixels()
     n = x.shape[0]
     torch.manual_seed(seed)
     net, source = _build(inputs, num_clusters, cfg.features_dim)

@@ -8,7 +8,9 @@ Every method is a function::
 that reports per-epoch progress through ``hooks.on_progress`` / ``hooks.on_epoch`` (metrics dicts
 carry ``"phase": "base:<method>"`` so they are not confused with RUC's epochs) and raises
 ``StopRequested`` at the next epoch boundary once ``hooks.should_stop()`` is true. It runs on the
-device of ``inputs.images01`` and seeds its own generators from ``seed``.
+device of ``inputs.features`` and seeds its own generators from ``seed``. On a dataset of
+precomputed features there are no images (``images01`` is None): only the methods that cluster
+fixed vectors run (``core.spec.features.FEATURE_METHODS``).
 
 The modules are imported lazily (``get_method``) so that importing the registry stays cheap and the
 method modules can import ``MethodInputs`` / ``MethodResult`` from here without a cycle.
@@ -37,16 +39,17 @@ __all__ = ["METHODS", "MethodFn", "MethodInputs", "MethodResult", "get_method", 
 class MethodInputs:
     """What a base method may use.
 
-    images01: (N, C, H, W) float32 in [0, 1] on the job's device.
+    images01: (N, C, H, W) float32 in [0, 1] on the job's device; None for a feature job.
     features: (N, D) float32 fixed features on the same device: the uploaded embedding model's output
-        when there is one, else a PCA of the pixels (``features_source`` says which).
+        when there is one, a feature space of the dataset, else a PCA of the pixels
+        (``features_source`` says which: pca, embedding_checkpoint, pretext, dataset_features).
     embedding_model: the uploaded SimCLR-layout model (eval mode) or None; gcc and and start from
         its backbone when given.
     normalisation: what a network the method builds from scratch normalises its inputs with (the
         job's resolved choice); None: the images' own per-channel statistics.
     """
 
-    images01: torch.Tensor
+    images01: torch.Tensor | None
     features: torch.Tensor
     embedding_model: EmbeddingModel | None = None
     features_source: str = "pca"
@@ -59,13 +62,19 @@ class MethodInputs:
         if self.normalisation is not None:
             mean, std = self.normalisation.mean, self.normalisation.std
         else:
-            mean, std = image_statistics(self.images01, channels_last=False)
-        dev = self.images01.device
+            mean, std = image_statistics(self.pixels(), channels_last=False)
+        dev = self.device
         return torch.tensor(mean, device=dev), torch.tensor(std, device=dev)
+
+    def pixels(self) -> torch.Tensor:
+        """images01, for the methods that need images (run_method refuses the others a feature job)."""
+        if self.images01 is None:
+            raise CoreInputError("base.method", "this method needs images; the dataset has only features")
+        return self.images01
 
     @property
     def device(self) -> torch.device:
-        return self.images01.device
+        return self.features.device
 
 
 @dataclass
@@ -115,7 +124,14 @@ def run_method(
     hooks: RunHooks | None = None,
 ) -> MethodResult:
     """Run base method ``name`` and check its output's shapes (N,), (N, K), (N, D')."""
-    n = inputs.images01.shape[0]
+    from core.spec.features import FEATURE_METHODS
+
+    n = inputs.features.shape[0]
+    if inputs.images01 is None and name not in FEATURE_METHODS:
+        raise CoreInputError(
+            "base.method",
+            f"'{name}' needs images; on precomputed features use one of {', '.join(FEATURE_METHODS)}",
+        )
     if not 2 <= num_clusters <= n:
         raise CoreInputError("num_clusters", f"must be in [2, {n}] for {n} images; got {num_clusters}")
     res = get_method(name)(inputs, spec, num_clusters=num_clusters, seed=seed, hooks=hooks or RunHooks())

@@ -18,7 +18,10 @@ class ArchiveLimits:
         uncompressed size of all arrays.
     max_member_bytes: uncompressed size of one image file in an archive.
     max_image_pixels: width * height of one image, checked from its header before decoding.
-    max_dataset_bytes: size of the decoded uint8 (N, H, W, C) tensor.
+    max_dataset_bytes: size of the decoded uint8 (N, H, W, C) tensor, and separately of all float32
+        feature arrays together.
+    max_samples: N, the number of images or feature rows.
+    max_feature_dim: D of one feature space (CLIP ViT-L: 768, DINOv2 ViT-g: 1536).
     """
 
     max_members: int = 500_000
@@ -26,6 +29,8 @@ class ArchiveLimits:
     max_member_bytes: int = 32 * MIB
     max_image_pixels: int = 4096 * 4096
     max_dataset_bytes: int = 8 * GIB
+    max_samples: int = 10_000_000
+    max_feature_dim: int = 16_384
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

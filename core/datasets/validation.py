@@ -72,12 +72,12 @@ def _integer_values(values: np.ndarray, field: str) -> np.ndarray:
     return values.astype(np.int64)
 
 
-def check_labels(labels: np.ndarray, n: int, field: str = "labels") -> np.ndarray:
-    """Integer (N,) >= 0. Returns int64 (N,)."""
+def check_labels(labels: np.ndarray, n: int, field: str = "labels", *, of: str = "images") -> np.ndarray:
+    """Integer (N,) >= 0; ``of`` names what N counts (images, rows of a feature array). Returns int64 (N,)."""
     if labels.ndim != 1:
         raise CoreInputError(field, f"must have shape (N,) = ({n},), got {labels.shape}")
     if labels.shape[0] != n:
-        raise CoreInputError(field, f"has {labels.shape[0]} entries but there are {n} images")
+        raise CoreInputError(field, f"has {labels.shape[0]} entries but there are {n} {of}")
     out = _integer_values(labels, field)
     neg = np.flatnonzero(out < 0)
     if neg.size:
@@ -86,14 +86,16 @@ def check_labels(labels: np.ndarray, n: int, field: str = "labels") -> np.ndarra
     return out
 
 
-def check_assignment_probs(probs: np.ndarray, n: int, field: str = "assignment_probs") -> np.ndarray:
+def check_assignment_probs(
+    probs: np.ndarray, n: int, field: str = "assignment_probs", *, of: str = "images"
+) -> np.ndarray:
     """Float (N, K), finite, >= 0, rows summing to 1. Returns float32 (N, K)."""
     if not np.issubdtype(probs.dtype, np.floating):
         raise CoreInputError(field, f"must be a float array, got dtype {probs.dtype}")
     if probs.ndim != 2:
         raise CoreInputError(field, f"must have shape (N, K), got {probs.shape}")
     if probs.shape[0] != n:
-        raise CoreInputError(field, f"has {probs.shape[0]} rows but there are {n} images")
+        raise CoreInputError(field, f"has {probs.shape[0]} rows but there are {n} {of}")
     if probs.shape[1] < 2:
         raise CoreInputError(field, f"needs at least 2 clusters (columns), got {probs.shape[1]}")
     bad = np.argwhere(~np.isfinite(probs))

@@ -17,6 +17,7 @@ from core.models.checkpoints import (
     load_embedding_model,
     save_safetensors,
 )
+from core.models.feature_head import FEATURE_BACKBONE, FeatureClusteringModel, feature_statistics
 from core.models.heads import ClusteringModel, EmbeddingModel
 from core.models.normalisation import Normalisation, image_statistics, resolve_normalisation
 from core.models.statement import CheckpointStatement, parse_statement, read_statement, write_statement
@@ -29,6 +30,8 @@ __all__ = [
     "CheckpointStatement",
     "ClusteringModel",
     "EmbeddingModel",
+    "FEATURE_BACKBONE",
+    "FeatureClusteringModel",
     "ModelBackbone",
     "Normalisation",
     "ViTConfig",
@@ -37,6 +40,7 @@ __all__ = [
     "check_input_size",
     "choose_backbone",
     "default_backbone_for",
+    "feature_statistics",
     "image_statistics",
     "input_plan",
     "inspect_checkpoint",

@@ -1,7 +1,8 @@
 """The job's artifacts: the refined ensemble (safetensors), assignments.csv and result.json.
 
 Each is written atomically (``core.atomic``). ``refined_ensemble.safetensors`` holds every
-network's state dict prefixed ``net1.``/``net2.`` and the metadata to rebuild them;
+network's state dict prefixed ``net1.``/``net2.`` and the metadata to rebuild them (``input``:
+images, CNN backbones; features, MLP heads whose ``layout`` is in the metadata);
 ``assignments.csv`` has per image its base cluster and confidence, refined cluster and confidence,
 and whether it is in the final clean set.
 """
@@ -20,7 +21,13 @@ import torch
 
 from core.atomic import atomic_write_bytes
 from core.errors import CoreInputError
-from core.models import ClusteringModel, build_backbone, vit_config_of
+from core.models import (
+    FEATURE_BACKBONE,
+    ClusteringModel,
+    FeatureClusteringModel,
+    build_backbone,
+    vit_config_of,
+)
 from core.ruc import RucOutput
 from core.spec import JobSpec
 
@@ -92,18 +99,24 @@ def save_ensemble(
         "nets": str(len(ruc.models)),
         "backbone": str(first.backbone_name),
         "num_clusters": str(first.num_clusters),
-        "in_channels": str(getattr(first.backbone, "in_channels", "")),
-        "mean": json.dumps(first.mean.flatten().tolist()),
-        "std": json.dumps(first.std.flatten().tolist()),
         "base_backbone": str(base_model.backbone_name),
         "spec": spec.model_dump_json(),
         "batch_size": str(ruc.effective.get("batch_size", "")),
     }
-    vit = vit_config_of(first.backbone)
-    if vit is not None:
-        metadata["vit"] = json.dumps(vit)
-    if image_shape is not None:
-        metadata["image_shape"] = json.dumps(list(image_shape))
+    if isinstance(first, FeatureClusteringModel):
+        # MLP heads on features: the per-dimension statistics are in the state dict (buffers)
+        metadata["input"] = "features"
+        metadata["layout"] = json.dumps(first.layout())
+    else:
+        metadata["input"] = "images"
+        metadata["in_channels"] = str(getattr(first.backbone, "in_channels", ""))
+        metadata["mean"] = json.dumps(first.mean.flatten().tolist())
+        metadata["std"] = json.dumps(first.std.flatten().tolist())
+        vit = vit_config_of(first.backbone)
+        if vit is not None:
+            metadata["vit"] = json.dumps(vit)
+        if image_shape is not None:
+            metadata["image_shape"] = json.dumps(list(image_shape))
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
@@ -127,14 +140,18 @@ def read_ensemble(
     for i in range(int(meta["nets"])):
         prefix = f"net{i + 1}."
         sd = {key[len(prefix) :]: v for key, v in tensors.items() if key.startswith(prefix)}
-        bb, dim = build_backbone(
-            meta["backbone"],  # type: ignore[arg-type]
-            in_channels=int(meta["in_channels"]),
-            vit=json.loads(meta["vit"]) if "vit" in meta else None,
-        )
-        net = ClusteringModel(
-            bb, dim, int(meta["num_clusters"]), mean=json.loads(meta["mean"]), std=json.loads(meta["std"])
-        )
+        net: ClusteringModel
+        if meta["backbone"] == FEATURE_BACKBONE:
+            net = FeatureClusteringModel.from_layout(json.loads(meta["layout"]))
+        else:
+            bb, dim = build_backbone(
+                meta["backbone"],  # type: ignore[arg-type]
+                in_channels=int(meta["in_channels"]),
+                vit=json.loads(meta["vit"]) if "vit" in meta else None,
+            )
+            net = ClusteringModel(
+                bb, dim, int(meta["num_clusters"]), mean=json.loads(meta["mean"]), std=json.loads(meta["std"])
+            )
         net.load_state_dict(sd)
         nets.append(net.to(device).eval())
     return tuple(nets), meta

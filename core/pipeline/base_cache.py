@@ -1,8 +1,9 @@
 """The base stage's cache ``work_dir/base.pt``: a resumed job never redoes or changes its base.
 
-The file is keyed by a fingerprint of what determines the base output (images, uploaded
-assignments, the base spec, K, the seed and the uploaded checkpoints' size and mtime); a file of
-another fingerprint, format version or a torn file is ignored and recomputed.
+The file is keyed by a fingerprint of what determines the base output (images, feature arrays,
+uploaded assignments, the base spec (and for a feature job the refine fields its base network
+follows), K, the seed and the uploaded checkpoints' size and mtime); a file of another
+fingerprint, format version or a torn file is ignored and recomputed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import torch
 from core.atomic import atomic_torch_save
 from core.clustering.base import BaseOutput
 from core.datasets import ImageDataset
-from core.models import ClusteringModel, build_backbone, vit_config_of
+from core.models import (
+    FEATURE_BACKBONE,
+    ClusteringModel,
+    FeatureClusteringModel,
+    build_backbone,
+    vit_config_of,
+)
 from core.pipeline.artifacts import json_safe
 from core.spec import JobSpec
 
@@ -24,21 +31,35 @@ BASE_CACHE_VERSION = 1
 
 
 def base_fingerprint(spec: JobSpec, dataset: ImageDataset, checkpoint_paths: dict[str, Path]) -> str:
-    """sha256 over images, assignments, base spec, K, seed and uploaded checkpoints (size, mtime)."""
+    """sha256 over images, features, assignments, base spec, K, seed and uploaded checkpoints
+    (size, mtime)."""
     h = hashlib.sha256()
-    meta = {
+    meta: dict[str, object] = {
         "version": BASE_CACHE_VERSION,
         "base": spec.base.model_dump(mode="json"),
         "num_clusters": spec.num_clusters,
         "seed": spec.seed,
-        "shape": list(dataset.images.shape),
     }
+    if dataset.images is not None:
+        meta["shape"] = list(dataset.images.shape)
+    if dataset.features:
+        r = spec.refine
+        meta["features"] = dataset.feature_dims()
+        # a feature job's base network is built and augmented by these refine fields
+        meta["refine"] = {
+            "input": r.input,
+            "feature_hidden_dim": r.feature_hidden_dim,
+            "feature_views": r.feature_views.model_dump(mode="json"),
+        }
     for key in (spec.base.embedding_checkpoint_id, spec.base.clustering_checkpoint_id):
         if key is not None and key in checkpoint_paths and Path(checkpoint_paths[key]).is_file():
             st = Path(checkpoint_paths[key]).stat()
             meta[f"ckpt:{key}"] = [st.st_size, st.st_mtime_ns]
     h.update(json.dumps(meta, sort_keys=True).encode())
-    h.update(dataset.images.detach().cpu().contiguous().numpy().tobytes())
+    if dataset.images is not None:
+        h.update(dataset.images.detach().cpu().contiguous().numpy().tobytes())
+    for values in dataset.features.values():
+        h.update(values.detach().cpu().contiguous().numpy().tobytes())
     if dataset.assignments is not None:
         h.update(dataset.assignments.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -58,6 +79,7 @@ def save_base(base: BaseOutput, path: Path, fingerprint: str) -> None:
             "num_clusters": int(m.num_clusters),
             "mean": m.mean.detach().flatten().cpu().tolist(),
             "std": m.std.detach().flatten().cpu().tolist(),
+            "layout": m.layout() if isinstance(m, FeatureClusteringModel) else {},
             "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()},
             "pseudo_labels": base.pseudo_labels.detach().cpu(),
             "probs": base.probs.detach().cpu(),
@@ -82,8 +104,12 @@ def load_base(path: Path, fingerprint: str, device: torch.device) -> BaseOutput 
         or d.get("fingerprint") != fingerprint
     ):
         return None
-    backbone, dim = build_backbone(d["backbone"], in_channels=d["in_channels"], vit=d.get("vit"))
-    model = ClusteringModel(backbone, dim, d["num_clusters"], mean=d["mean"], std=d["std"])
+    model: ClusteringModel
+    if d["backbone"] == FEATURE_BACKBONE:
+        model = FeatureClusteringModel.from_layout(d["layout"])  # statistics come with the state dict
+    else:
+        backbone, dim = build_backbone(d["backbone"], in_channels=d["in_channels"], vit=d.get("vit"))
+        model = ClusteringModel(backbone, dim, d["num_clusters"], mean=d["mean"], std=d["std"])
     model.load_state_dict(d["state_dict"])
     model = model.to(device).eval()
     return BaseOutput(

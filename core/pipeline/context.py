@@ -14,7 +14,7 @@ import torch
 
 from core.datasets import ImageDataset
 from core.hooks import RunHooks
-from core.spec import JobSpec
+from core.spec import JobSpec, ResolvedInputs
 
 
 def seed_everything(seed: int) -> None:
@@ -37,6 +37,7 @@ class JobContext:
     resume: bool
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    inputs: ResolvedInputs | None = None  # what the networks read; set by the loading stage
 
     def warn(self, message: str) -> None:
         """A note in the result and a ``warning`` event."""

@@ -12,6 +12,7 @@ from torch import nn
 from core.adversarial import robustness_report
 from core.clustering.base import BaseOutput
 from core.metrics import NO_LABELS, assignment_agreement, clean_set_quality, clustering_report, collapse_signs
+from core.models import feature_statistics
 from core.pipeline.context import JobContext
 from core.pipeline.layout import EVAL_BATCH_SIZE
 from core.ruc import RucOutput
@@ -34,10 +35,14 @@ class EnsembleLogits(nn.Module):
 
 @dataclass
 class Attacked:
-    """The fixed random subset every model is attacked on (seeded by the job's seed)."""
+    """The fixed random subset every model is attacked on (seeded by the job's seed).
 
-    x: torch.Tensor  # (n, C, H, W) float in [0, 1] on the device
+    For a feature job x holds feature rows and ``feature_scale`` the mean per-dimension standard
+    deviation of the whole space: the unit of the attack radii there (None for images)."""
+
+    x: torch.Tensor  # (n, C, H, W) float in [0, 1] on the device; (n, D) features
     y: np.ndarray | None  # (n,) labels or None
+    feature_scale: float | None = None
 
 
 @dataclass
@@ -74,9 +79,13 @@ def attack_subset(ctx: JobContext, y: np.ndarray | None) -> Attacked:
     n_att = min(ctx.spec.evaluate.attack_max_samples, ctx.dataset.n)
     gen = torch.Generator().manual_seed(ctx.spec.seed)
     subset = torch.randperm(ctx.dataset.n, generator=gen)[:n_att].sort().values
-    return Attacked(
-        x=ctx.dataset.to_float(ctx.device, subset), y=y[subset.numpy()] if y is not None else None
-    )
+    labels = y[subset.numpy()] if y is not None else None
+    if ctx.inputs is not None and ctx.inputs.kind == "features":
+        assert ctx.inputs.space is not None
+        features = ctx.dataset.features[ctx.inputs.space]
+        scale = float(feature_statistics(features)[1].mean())
+        return Attacked(x=features[subset].to(ctx.device), y=labels, feature_scale=scale)
+    return Attacked(x=ctx.dataset.to_float(ctx.device, subset), y=labels)
 
 
 def robustness(
@@ -92,6 +101,7 @@ def robustness(
         attacks=list(ctx.spec.evaluate.attacks),
         batch_size=EVAL_BATCH_SIZE,
         device=ctx.device,
+        feature_scale=attacked.feature_scale,
     )
 
 

@@ -70,12 +70,13 @@ def saving(
     """The ensemble and assignments of the chosen run; result.json is written last by ``run_job``."""
     paths = {name: ctx.work_dir / name for name in ARTIFACT_NAMES}
     ds = ctx.dataset
+    images = ctx.inputs is None or ctx.inputs.kind == "images"
     save_ensemble(
         chosen,
         base.model,
         ctx.spec,
         paths["refined_ensemble.safetensors"],
-        image_shape=(ds.height, ds.width, ds.channels),
+        image_shape=(ds.height, ds.width, ds.channels) if images else None,
     )
     write_assignments(
         paths["assignments.csv"],
@@ -91,7 +92,10 @@ def write_onnx(ctx: JobContext, chosen: RucOutput) -> dict[str, Path]:
     ds = ctx.dataset
     path = ctx.work_dir / ONNX_NAME
     try:
-        export_onnx(chosen.models, path, image_shape=(ds.height, ds.width, ds.channels))
+        if ctx.inputs is not None and ctx.inputs.kind == "features":
+            export_onnx(chosen.models, path, feature_dim=ctx.inputs.dim)
+        else:
+            export_onnx(chosen.models, path, image_shape=(ds.height, ds.width, ds.channels))
     except Exception as exc:  # a convenience artifact: its failure must not fail the job
         ctx.warn(f"{ONNX_NAME} not written: the export failed ({type(exc).__name__})")
         return {}

@@ -14,6 +14,7 @@ from core.pipeline.base_cache import base_fingerprint, load_base, save_base
 from core.pipeline.context import JobContext, seed_everything
 from core.pipeline.layout import BASE_CACHE
 from core.sampling import ensure_clean_per_cluster, select_clean_set
+from core.spec import resolve_inputs
 from core.spec.refine import effective_knn_k
 
 
@@ -33,19 +34,28 @@ class CleanSelection:
 
 
 def loading(ctx: JobContext) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Check the data against the spec; the images (N, H, W, C) uint8 on the device, labels (N,) or None."""
+    """Check the data against the spec; what the networks read on the device (uint8 images
+    (N, H, W, C), or float32 features (N, D) for a feature job) and the labels (N,) or None."""
     spec, ds = ctx.spec, ctx.dataset
     seed_everything(spec.seed)
+    ctx.inputs = resolve_inputs(spec, has_images=ds.has_images, feature_spaces=ds.feature_dims())
+    what = "images" if ctx.inputs.kind == "images" else "samples"
     if ds.n < 2:
-        raise CoreInputError("images", f"a job needs at least 2 images, the dataset has {ds.n}")
+        raise CoreInputError(what, f"a job needs at least 2 {what}, the dataset has {ds.n}")
     if spec.num_clusters is not None and spec.num_clusters > ds.n:
         raise CoreInputError(
-            "num_clusters", f"{spec.num_clusters} clusters requested but the dataset has only {ds.n} images"
+            "num_clusters", f"{spec.num_clusters} clusters requested but the dataset has only {ds.n} {what}"
         )
-    images_u8 = ds.images.to(ctx.device)  # stays on the device for every later stage
+    # stays on the device for every later stage
+    if ctx.inputs.kind == "features":
+        assert ctx.inputs.space is not None
+        data = ds.features[ctx.inputs.space].to(ctx.device)
+    else:
+        assert ds.images is not None
+        data = ds.images.to(ctx.device)
     y = ds.labels.cpu().numpy() if ds.labels is not None else None
     ctx.hooks.on_progress(1.0, None, None)
-    return images_u8, y
+    return data, y
 
 
 def base_clustering(ctx: JobContext) -> tuple[BaseOutput, bool]:

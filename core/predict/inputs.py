@@ -37,6 +37,12 @@ def job_images(result: dict[str, Any], *, max_images: int, max_values: int) -> J
     """From a succeeded job's result: its dataset's image shape and K. ``max_values`` bounds images x K
     (the probabilities a request returns), so the request limit is min(max_images, max_values // K)."""
     facts = result["dataset"]
+    if (result.get("base_info") or {}).get("input") == "features" or facts.get("height") is None:
+        raise CoreInputError(
+            "job_id",
+            "predictions assign new images; this job's networks read precomputed features "
+            "(refine.input: features), so there is no image model to assign them with",
+        )
     k = len(result["refined"]["cluster_sizes"])
     shape = (int(facts["height"]), int(facts["width"]), int(facts["channels"]))
     return JobImages(shape, k, max(1, min(max_images, max_values // max(k, 1))))

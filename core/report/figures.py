@@ -104,15 +104,19 @@ def robustness(result: Result) -> Figure | None:
     labelled = base.get("clean_accuracy") is not None
     key = "accuracy" if labelled else "stability"
     kinds = list(dict.fromkeys(_attack_label(a) for a in base["attacks"]))
+    # pixel radii read best in 1/255 steps; feature radii are multiples of the features' std
+    unit, xlabel = (
+        (1.0, "eps (x mean feature std)") if base.get("space") == "features" else (255.0, "eps (x 1/255)")
+    )
     fig, axes = _figure(4.6 * len(kinds), 3.8, ncols=len(kinds))
     for ax, kind in zip(axes, kinds, strict=True):
         for name, block, colour in (("base", base, BASE_COLOUR), ("refined", refined, REFINED_COLOUR)):
             points = sorted((a["eps"], a[key]) for a in block["attacks"] if _attack_label(a) == kind)
             start = block.get("clean_accuracy") if labelled else 1.0
-            eps = [0.0] + [p[0] * 255 for p in points]
+            eps = [0.0] + [p[0] * unit for p in points]
             ys = [start] + [p[1] for p in points]
             ax.plot(eps, ys, "o-", color=colour, label=name)
-        ax.set(xlabel="eps (x 1/255)", ylabel=key, ylim=(0, 1.02))
+        ax.set(xlabel=xlabel, ylabel=key, ylim=(0, 1.02))
         ax.set_title(f"{kind}, {rob.get('num_samples')} images")
         ax.legend(fontsize=8)
     return fig

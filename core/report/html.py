@@ -55,9 +55,11 @@ def metrics_table(result: dict[str, Any]) -> str:
     rob = result.get("robustness") or {}
     rb, rr = rob.get("base") or {}, rob.get("refined") or {}
     rows.append(_row("robustness: clean accuracy", rb.get("clean_accuracy"), rr.get("clean_accuracy"), True))
+    in_features = rb.get("space") == "features"
     for a, b in zip(rb.get("attacks") or [], rr.get("attacks") or [], strict=False):
         steps = f", {a['steps']} steps" if a.get("steps") else ""
-        name = f"{a['kind']} eps {a['eps'] * 255:.1f}/255{steps}"
+        radius = f"{a['eps']:g} x feature std" if in_features else f"{a['eps'] * 255:.1f}/255"
+        name = f"{a['kind']} eps {radius}{steps}"
         rows.append(_row(f"{name}: accuracy", a.get("accuracy"), b.get("accuracy"), True))
         rows.append(_row(f"{name}: stability", a.get("stability"), b.get("stability"), True))
     head = "<thead><tr><th>metric</th><th>base</th><th>refined</th></tr></thead>"
@@ -115,13 +117,17 @@ def render(result: dict[str, Any], figures: list[tuple[str, str, bytes]], report
     spec = result.get("spec") or {}
     base_method = (spec.get("base") or {}).get("method", "?")
     k = len((result.get("refined") or {}).get("cluster_sizes") or []) or spec.get("num_clusters")
-    title = f"RUC refinement report: {base_method} base, {k} clusters, {facts.get('count', '?')} images"
+    unit = "images" if facts.get("has_images", True) is not False else "samples"
+    title = f"RUC refinement report: {base_method} base, {k} clusters, {facts.get('count', '?')} {unit}"
     notes = [*report_notes, *(result.get("notes") or [])]
     notes_html = "".join(f"<li>{escape(str(n))}</li>" for n in notes) or "<li>none</li>"
     figs = "".join(_figure_html(*f) for f in figures) or "<p>No figure could be drawn.</p>"
-    shape = f"{facts.get('height')}x{facts.get('width')}x{facts.get('channels')}"
+    shape = f"images of {facts.get('height')}x{facts.get('width')}x{facts.get('channels')}"
+    space = ((result.get("base_info") or {}).get("feature_space")) or {}
+    if unit == "samples":
+        shape = f"feature vectors ({space.get('name', '?')}, D = {space.get('dim', '?')})"
     info = (
-        f"<p>dataset: {_num(facts.get('count'))} images of {escape(shape)}, labels: "
+        f"<p>dataset: {_num(facts.get('count'))} {escape(shape)}, labels: "
         f"{'yes' if facts.get('has_labels') else 'no'}; device: {escape(str(result.get('device', '?')))}; "
         f"clean set: {escape(str((result.get('clean_set') or {}).get('reason', '')))}</p>"
     )

@@ -33,13 +33,21 @@ from core.spec import JobSpec
 class DatasetFacts(Block):
     """The dataset the job ran on."""
 
-    count: int = Field(description="number of images (N)")
-    height: int = Field(description="image height, pixels")
-    width: int = Field(description="image width, pixels")
-    channels: int = Field(description="1 (grey) or 3 (RGB)")
+    count: int = Field(description="number of samples (N): images, or rows of the feature arrays")
+    height: int | None = Field(default=None, description="image height, pixels; null without images")
+    width: int | None = Field(default=None, description="image width, pixels; null without images")
+    channels: int | None = Field(default=None, description="1 (grey) or 3 (RGB); null without images")
     has_labels: bool = Field(description="whether labels were uploaded (evaluation only, never training)")
     label_count: int | None = Field(description="distinct labels; null without labels")
     has_assignments: bool = Field(description="whether base assignments were uploaded (labels method)")
+    has_images: bool | None = Field(
+        default=None, description="false for a dataset of precomputed features only"
+    )
+    feature_spaces: dict[str, int] | None = Field(
+        default=None,
+        description="precomputed feature spaces: name (default for the npz array 'features', clip for "
+        "'features_clip') -> dimension D",
+    )
 
 
 class JobResult(Block):

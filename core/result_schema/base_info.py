@@ -34,6 +34,17 @@ class PcaInfo(Block):
     method: str = Field(description="how PCA was computed (exact or randomized)")
 
 
+class FeatureSpaceInfo(Block):
+    """The dataset's feature space the job clustered in (base.features, or a feature job's space)."""
+
+    name: str = Field(description="space name: default (npz array 'features') or <name> of features_<name>")
+    dim: int = Field(description="dimension D")
+    mean_std: float = Field(
+        description="mean over dimensions of each dimension's standard deviation (feature units); a feature "
+        "job's attack radii are multiples of it"
+    )
+
+
 class KmeansInfo(Block):
     """k-means on the features."""
 
@@ -94,11 +105,20 @@ class BaseInfo(Block):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     method: str = Field(description="base.method: kmeans, labels, checkpoint, scan, dec, idec, dcn, gcc, and")
+    input: Literal["images", "features"] | None = Field(
+        default=None,
+        description="what the base network and RUC's networks read: images (CNNs) or features (MLP heads)",
+    )
+    feature_space: FeatureSpaceInfo | None = Field(
+        default=None, description="the dataset's feature space clustered in, when one was used"
+    )
     num_clusters: int = Field(description="K the base produced (the auto-K estimate when asked)")
     normalisation: Normalisation | None = Field(
         default=None, description="input normalisation of the base network"
     )
-    backbone: str | None = Field(default=None, description="backbone of the base network")
+    backbone: str | None = Field(
+        default=None, description="backbone of the base network (mlp: a feature job's MLP head)"
+    )
     backbone_source: str | None = Field(default=None, description="new, embedding_checkpoint, pretext, ...")
     fit_epochs: int | None = Field(
         default=None, description="epochs the base network was fitted to the targets"
@@ -109,7 +129,7 @@ class BaseInfo(Block):
     )
     embedding_source: str | None = Field(default=None, description="where the clean-set embedding comes from")
     feature_source: str | None = Field(
-        default=None, description="features clustered: pca, embedding_checkpoint, pretext"
+        default=None, description="features clustered: pca, embedding_checkpoint, pretext, dataset_features"
     )
     assignments: Literal["probabilities", "hard"] | None = Field(
         default=None, description="labels method: the uploaded assignments' kind"

@@ -133,7 +133,10 @@ class AttackResult(Block):
     """One attack at one eps."""
 
     kind: Literal["fgsm", "bim"] = Field(description="attack: fgsm (one step) or bim (iterated)")
-    eps: float = Field(description="L-infinity budget in [0, 1] pixel units (4/255 = 0.0157)")
+    eps: float = Field(
+        description="L-infinity budget: [0, 1] pixel units for images (4/255 = 0.0157); in feature space "
+        "a multiple of the report's eps_scale"
+    )
     steps: int | None = Field(description="BIM iterations; null for fgsm")
     accuracy: Fraction = Field(
         description="mapped accuracy on the attacked images, in [0, 1]; null without labels"
@@ -154,6 +157,16 @@ class RobustnessReport(Block):
         description="mapped accuracy without attack, in [0, 1]; null without labels"
     )
     unavailable_reason: str | None = Field(description="why accuracies are null")
+    space: Literal["pixels", "features"] | None = Field(
+        default=None,
+        description="where the attacks perturb: pixels (clipped to [0, 1]) or, for a feature job, the "
+        "feature vectors (no box, only the eps-ball)",
+    )
+    eps_scale: float | None = Field(
+        default=None,
+        description="features: the absolute L-infinity radius is eps x eps_scale, the features' mean "
+        "per-dimension standard deviation; null for pixels",
+    )
     attacks: list[AttackResult] = Field(description="one entry per attack and eps, in spec order")
 
 

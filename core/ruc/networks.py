@@ -7,7 +7,8 @@ import copy
 import torch
 from torch import nn
 
-from core.models import ClusteringModel, build_backbone
+from core.errors import CoreInputError
+from core.models import ClusteringModel, FeatureClusteringModel, build_backbone
 from core.spec import RefineSpec
 
 
@@ -34,6 +35,8 @@ def build_net(
     """
     net_seed = seed * 1000 + 17 * (index + 1)
     base_name = getattr(base_model, "backbone_name", None)
+    if spec.backbone is not None and isinstance(base_model, FeatureClusteringModel):
+        raise CoreInputError("refine.backbone", "applies to images only; a feature job trains MLP heads")
     if spec.backbone is not None and spec.backbone != base_name:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(net_seed)

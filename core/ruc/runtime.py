@@ -14,6 +14,7 @@ from core.hooks import RunHooks
 from core.models import ClusteringModel
 from core.ruc.losses import minmax_normalise
 from core.ruc.state import RucState, load_state
+from core.ruc.views import Views
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Runtime:
     channels_last: bool
     autocast_dtype: torch.dtype | None
     nograd_chunk: int
+    views: Views  # rows and weak/strong views of the data (images or features)
 
     def table_weight(self, slot: int) -> torch.Tensor:
         """w of Eq. (11) for every sample: table ``slot``'s max probability, min-max normalised (N,).

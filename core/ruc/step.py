@@ -23,10 +23,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from core.augment import strong_view, weak_view
 from core.errors import TrainingDiverged
 from core.hooks import RunHooks
-from core.models.inference import autocast, predict_softmax, softmax_chunks, to_layout, u8_to_float
+from core.models.inference import autocast, predict_softmax, softmax_chunks, to_layout
 from core.ruc.losses import (
     co_refine,
     guess_labels,
@@ -57,8 +56,8 @@ class PassSettings:
 
 @dataclass
 class _Views:
-    x: torch.Tensor  # (B, C, H, W) unaugmented clean batch
-    u: torch.Tensor | None  # (B, C, H, W) unaugmented unclean batch
+    x: torch.Tensor  # (B, C, H, W) unaugmented clean batch; (B, D) for features
+    u: torch.Tensor | None  # unaugmented unclean batch
     x_strong: torch.Tensor
     x_weak: list[torch.Tensor]
     u_weak: list[torch.Tensor]
@@ -73,27 +72,16 @@ def _cycled_order(n: int, length: int, generator: torch.Generator) -> torch.Tens
 def _views(
     rt: Runtime, images: torch.Tensor, xb: torch.Tensor, ub: torch.Tensor | None, spec: RefineSpec
 ) -> _Views:
-    cl, gen = rt.channels_last, rt.generator
-    x = u8_to_float(images, xb, cl)
-    u = u8_to_float(images, ub, cl) if ub is not None else None
-    x_strong = x
-    if spec.strong_loss:
-        strong = strong_view(
-            x, recipe=spec.augmentation, n=spec.randaugment_n, m=spec.randaugment_m, generator=gen
-        )
-        x_strong = to_layout(strong, cl)
+    gen, vw = rt.generator, rt.views
+    x = vw.rows(images, xb)
+    u = vw.rows(images, ub) if ub is not None else None
+    x_strong = vw.strong(x, gen) if spec.strong_loss else x
     x_weak: list[torch.Tensor] = []
     u_weak: list[torch.Tensor] = []
     if spec.mixmatch:
-        x_weak = [
-            to_layout(weak_view(x, recipe=spec.augmentation, generator=gen), cl)
-            for _ in range(spec.weak_augmentations)
-        ]
+        x_weak = [vw.weak(x, gen) for _ in range(spec.weak_augmentations)]
         if u is not None:
-            u_weak = [
-                to_layout(weak_view(u, recipe=spec.augmentation, generator=gen), cl)
-                for _ in range(spec.weak_augmentations)
-            ]
+            u_weak = [vw.weak(u, gen) for _ in range(spec.weak_augmentations)]
     return _Views(x=x, u=u, x_strong=x_strong, x_weak=x_weak, u_weak=u_weak)
 
 

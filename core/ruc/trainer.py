@@ -38,7 +38,7 @@ import torch
 
 from core.errors import CoreInputError
 from core.hooks import RunHooks
-from core.models import ClusteringModel
+from core.models import ClusteringModel, FeatureClusteringModel
 from core.models.inference import predict_softmax
 from core.ruc.epoch_metrics import label_metrics
 from core.ruc.losses import cosine_lr
@@ -49,6 +49,7 @@ from core.ruc.runtime import Runtime, try_resume
 from core.ruc.schedules import Schedule, resolve_schedule
 from core.ruc.state import input_fingerprint, save_state
 from core.ruc.step import BATCH_REFURBISH_THRESHOLD, PassSettings, train_pass
+from core.ruc.views import FeatureViews, ImageViews, Views, is_feature_input
 from core.sampling import ensure_clean_per_cluster
 from core.spec import RefineSpec
 
@@ -81,9 +82,20 @@ def _validate(
     clean_mask: torch.Tensor,
     num_clusters: int,
 ) -> None:
-    if images_u8.dtype != torch.uint8 or images_u8.dim() != 4:
+    features = is_feature_input(images_u8)
+    if features != isinstance(base_model, FeatureClusteringModel) or (
+        not features and (images_u8.dtype != torch.uint8 or images_u8.dim() != 4)
+    ):
         raise CoreInputError(
-            "images", f"expected uint8 (N, H, W, C), got {images_u8.dtype} {tuple(images_u8.shape)}"
+            "images",
+            "expected uint8 images (N, H, W, C) for an image network or float features (N, D) for a "
+            f"feature network, got {images_u8.dtype} {tuple(images_u8.shape)} "
+            f"for {type(base_model).__name__}",
+        )
+    if features and images_u8.shape[1] != base_model.mean.shape[-1]:
+        raise CoreInputError(
+            "features",
+            f"have {images_u8.shape[1]} dimensions, the base network reads {base_model.mean.shape[-1]}",
         )
     n = images_u8.shape[0]
     if n == 0:
@@ -153,12 +165,22 @@ def _build_runtime(
 ) -> Runtime:
     dev = images.device
     channels_last, autocast_dtype = resolve_perf(dev, spec, perf)
+    views: Views
+    if is_feature_input(images):
+        channels_last = False  # a (B, D) matrix has no channels
+        if dev.type == "cpu" and (perf is None or perf.autocast_dtype is None):
+            # MLP heads are small matmuls: casting weights to bf16 at every call costs more than it
+            # saves (CPU with native bf16, 200 x 768 -> 512 -> 10 forward + backward: 125 ms
+            # bf16 vs 85 ms float32 of CPU time), so a feature job's CPU default is float32.
+            autocast_dtype = None
+        views = FeatureViews.of(images, spec.feature_views)
+    else:
+        views = ImageViews(spec, channels_last)
+    in_channels = images.shape[3] if images.dim() == 4 else 0
     n_nets = 2 if spec.co_training else 1
     nets = []
     for k in range(n_nets):
-        net = build_net(
-            base_model, spec, k, seed=seed, in_channels=images.shape[3], num_clusters=num_clusters
-        )
+        net = build_net(base_model, spec, k, seed=seed, in_channels=in_channels, num_clusters=num_clusters)
         nets.append(place_network(net, dev, channels_last))
     return Runtime(
         nets=nets,
@@ -172,6 +194,7 @@ def _build_runtime(
         channels_last=channels_last,
         autocast_dtype=autocast_dtype,
         nograd_chunk=nograd_chunk_size(dev, spec.batch_size),
+        views=views,
     )
 
 
@@ -249,7 +272,8 @@ def train_ruc(
 ) -> RucOutput:
     """Retrain ``base_model``'s clustering with RUC (Algorithm 1) and return the refined ensemble.
 
-    images_u8: (N, H, W, C) uint8, ideally already on ``device`` (it is moved there otherwise).
+    images_u8: (N, H, W, C) uint8 images, or (N, D) float32 features for a FeatureClusteringModel
+    base (MLP heads, core.ruc.views.FeatureViews), ideally already on ``device`` (moved otherwise).
     pseudo_labels: (N,) int64 in [0, num_clusters); clean_mask: (N,) bool, the clean set X.
     labels: optional (N,) ground truth, for per-epoch clean-set/refurbishing quality only.
     A checkpoint is written to ``checkpoint_path`` before the first epoch and after every epoch;

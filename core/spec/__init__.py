@@ -6,6 +6,7 @@ Defaults come from the RUC paper, appendix A.2, unless noted. One module per blo
 
 from core.spec.base import BaseSpec
 from core.spec.common import BackboneName
+from core.spec.features import FeatureViewsSpec, ResolvedInputs, resolve_from_facts, resolve_inputs
 from core.spec.job import AttackSpec, EvaluateSpec, JobSpec
 from core.spec.methods import (
     AndSpec,
@@ -29,9 +30,13 @@ __all__ = [
     "BrbSpec",
     "DeepClusteringSpec",
     "EvaluateSpec",
+    "FeatureViewsSpec",
     "GccSpec",
     "JobSpec",
     "PretextSpec",
     "RefineSpec",
+    "ResolvedInputs",
     "ScanSpec",
+    "resolve_from_facts",
+    "resolve_inputs",
 ]

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from core.spec.common import BackboneName, NormalisationSpec, _Spec
+from core.spec.features import SPACE_NAME_PATTERN
 from core.spec.methods import (
     AndSpec,
     AutoKSpec,
@@ -25,6 +26,14 @@ class BaseSpec(_Spec):
     embedding_checkpoint_id: str | None = Field(
         default=None,
         description="Uploaded SimCLR-layout embedding model: k-means and metric sampling use it.",
+    )
+    features: str | None = Field(
+        default=None,
+        pattern=SPACE_NAME_PATTERN,
+        description="Feature space of the dataset to cluster and sample in: 'default' for the npz array "
+        "'features', 'clip' for 'features_clip'. With images it replaces the PCA of the pixels (the "
+        "networks still read images unless refine.input is 'features'). Default: none for an image "
+        "job; for a feature job the only space, else 'default', else the first by name",
     )
     clustering_checkpoint_id: str | None = Field(
         default=None, description="Uploaded SCAN-layout clustering model (method=checkpoint)."
@@ -85,6 +94,11 @@ class BaseSpec(_Spec):
             raise ValueError(
                 "base.pretext trains an embedding model; leave it out when base.embedding_checkpoint_id "
                 "uploads one"
+            )
+        if self.features is not None and (self.embedding_checkpoint_id or self.pretext is not None):
+            raise ValueError(
+                "base.features gives the features to cluster; leave out base.embedding_checkpoint_id "
+                "and base.pretext, which would give others"
             )
         if self.pretext is not None and self.method == "checkpoint":
             raise ValueError(

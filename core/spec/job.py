@@ -9,12 +9,19 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.spec.base import BaseSpec
 from core.spec.common import _Spec
+from core.spec.features import feature_conflicts
 from core.spec.refine import RefineSpec, smoothing_bound, smoothing_problem
 
 
 class AttackSpec(_Spec):
     kind: Literal["fgsm", "bim"]
-    eps: list[float] = Field(default=[2 / 255, 4 / 255, 8 / 255], min_length=1, max_length=16)
+    eps: list[float] = Field(
+        default=[2 / 255, 4 / 255, 8 / 255],
+        min_length=1,
+        max_length=16,
+        description="L-inf radii in (0, 1]: pixel scale [0, 1] for images; for a feature job a multiple "
+        "of the features' mean per-dimension standard deviation (the result states that scale)",
+    )
     steps: int = Field(default=5, ge=1, le=100, description="BIM iterations, step eps/steps")
 
     @field_validator("eps")
@@ -99,6 +106,11 @@ class JobSpec(_Spec):
             raise _field_error("seeds", "give either repeats or seeds, not both", self.seeds)
         if self.repeats is not None and self.seed + self.repeats - 1 > 2**31 - 1:
             raise _field_error("repeats", "seed + repeats - 1 must be <= 2**31 - 1", self.repeats)
+        if self.refine.input == "features":
+            problems = feature_conflicts(self)
+            if problems:
+                loc, problem = problems[0]
+                raise _field_error(loc, problem, None)
         eps = self.refine.label_smoothing
         if self.num_clusters is not None and eps is not None and eps >= smoothing_bound(self.num_clusters):
             raise _field_error(("refine", "label_smoothing"), smoothing_problem(eps, self.num_clusters), eps)

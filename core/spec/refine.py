@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from core.spec.common import BackboneName, _Spec
+from core.spec.features import FeatureViewsSpec, InputKind
 
 # The names of core.augment's recipes (core.augment.RECIPES is derived from this).
 AugmentationRecipe = Literal["paper", "reference"]
@@ -138,6 +139,20 @@ class RefineSpec(_Spec):
     )
     backbone: BackboneName | None = Field(default=None, description="default: the base model's backbone")
     reinit_head: bool = True
+    input: InputKind = Field(
+        default="auto",
+        description="what the base network and RUC's two networks read. images: CNN backbones on the "
+        "pixels; features: MLP heads on the frozen precomputed features of base.features (Linear(D, "
+        "feature_hidden_dim), BatchNorm, ReLU, then a linear head to K), views from feature_views, "
+        "attacks in feature space. auto (default): features when the dataset has feature arrays and no "
+        "images, else images",
+    )
+    feature_hidden_dim: int = Field(
+        default=512, ge=8, le=8192, description="features: width of the MLP's hidden layer"
+    )
+    feature_views: FeatureViewsSpec = Field(
+        default_factory=FeatureViewsSpec, description="features: the weak and strong views of a vector"
+    )
     mixed_precision: bool = Field(
         default=True,
         description="bf16 autocast (with channels_last) on CUDA and on CPUs with native bf16 "

@@ -89,6 +89,8 @@ def test_npz_valid_nhwc_with_labels_and_facts(tmp_path: Path) -> None:
         "has_labels": True,
         "label_count": 3,
         "has_assignments": False,
+        "has_images": True,
+        "feature_spaces": {},
     }
 
 

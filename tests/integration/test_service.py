@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from digits_features import digits_features_npz
 from integration_support import (
     Services,
     digits_npz,
@@ -248,3 +249,41 @@ def test_every_base_method_runs_through_the_service_with_ruc_on_top(
     auto = client.get(f"/v1/jobs/{job_ids['kmeans+auto_k']}/result").json()["result"]
     votes = auto["base_info"]["auto_k"]
     assert 8 <= votes["k"] <= 12 and set(votes["votes"]) == {"silhouette", "eigengap"}, votes
+
+
+def test_a_features_only_dataset_refines_through_the_service(client: httpx.Client) -> None:
+    """Embeddings built here (PCA of digits, tests/digits_features.py) uploaded as features_pca and
+    refined by MLP heads; the job is a feature job because the dataset has no images."""
+    row = upload(client, "/v1/datasets", "digits_features.npz", digits_features_npz(32, n=600))
+    row = wait_upload(client, "/v1/datasets", row)
+    assert row["status"] == "ready", row
+    assert row["facts"]["feature_spaces"] == {"pca": 32} and row["facts"]["has_images"] is False
+    assert (row["facts"]["count"], row["facts"]["height"]) == (600, None)
+    spec = {
+        "dataset_id": row["id"],
+        "num_clusters": 10,
+        "seed": 0,
+        "base": {"fit_epochs": 10, "kmeans_restarts": 2},
+        "refine": {"epochs": 3, "feature_hidden_dim": 64},
+        "evaluate": {"attacks": [{"kind": "fgsm", "eps": [0.25]}], "attack_max_samples": 100},
+    }
+    resp = client.post("/v1/jobs", json=spec)
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+
+    def finished() -> dict[str, Any] | None:
+        job = get_job(client, job_id)
+        return job if job["status"] not in ("queued", "running") else None
+
+    job = wait_for(finished, 240, 0.5, f"feature job {job_id}")
+    assert job["status"] == "succeeded", job
+    result = client.get(f"/v1/jobs/{job_id}/result").json()["result"]
+    print(
+        f"features job via the service: acc {result['base']['acc']:.3f} -> {result['refined']['acc']:.3f}, "
+        f"ece {result['base']['ece']:.3f} -> {result['refined']['ece']:.3f}"
+    )
+    assert result["base_info"]["input"] == "features" and result["base_info"]["backbone"] == "mlp"
+    assert result["base_info"]["feature_space"]["name"] == "pca"
+    assert result["robustness"]["refined"]["space"] == "features"
+    for block in ("base", "refined"):
+        assert result[block]["acc"] > 0.5, result[block]  # 10 classes: chance is about 0.1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from digits_features import digits_pca_features
 from PIL import Image
 from upload_bombs import (
     UNDECODABLE_REASON,
@@ -202,3 +203,25 @@ def test_a_reason_with_undecodable_member_names_is_stored_readable(settings: Set
     row = _check(settings, Dataset, upload_id)
     assert row.status == "invalid" and row.reason is not None
     assert row.reason.startswith(UNDECODABLE_REASON), row.reason
+
+
+def _features_npz(path: Path) -> None:
+    feats, labels = digits_pca_features(16, n=200)
+    np.savez(path, features_pca=feats, features=feats[:, :4] * 2, labels=labels)
+
+
+def _nan_features_npz(path: Path) -> None:
+    x = np.ones((10, 4), np.float32)
+    x[2, 1] = x[5, 0] = x[7, 3] = np.nan
+    np.savez(path, images=np.zeros((10, 2, 2), np.uint8), features_clip=x)
+
+
+def test_feature_datasets_are_checked_in_the_child_and_facts_list_their_spaces(settings: Settings) -> None:
+    ready = _check(settings, Dataset, _row(settings, Dataset, "f.npz", _features_npz))
+    assert ready.status == "ready" and ready.facts is not None, ready.reason
+    assert ready.facts["feature_spaces"] == {"default": 4, "pca": 16}
+    assert (ready.facts["count"], ready.facts["has_images"], ready.facts["height"]) == (200, False, None)
+    # the reader's reason reaches the row as it is (tests/core/test_feature_datasets.py has the rest)
+    row = _check(settings, Dataset, _row(settings, Dataset, "bad.npz", _nan_features_npz))
+    reason = "features_clip: 3 non-finite values (NaN, inf or beyond float32; first in row 2)"
+    assert (row.status, row.reason) == ("invalid", reason)
