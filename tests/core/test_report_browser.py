@@ -80,7 +80,8 @@ def _check_in_browser(tmp: Path, report: Path, expected_figures: int) -> None:
     _browser(tmp, "--hide-scrollbars", "--window-size=1280,3000", f"--screenshot={shot}", report.as_uri())
     px = np.asarray(Image.open(shot).convert("L"))
     assert px.shape == (3000, 1280)
-    assert (px < 240).mean() > 0.05, "the screenshot is (nearly) blank"
+    # A blank page inks ~0% of this window; the unlabelled report's four figures ink about 5%.
+    assert (px < 240).mean() > 0.02, "the screenshot is (nearly) blank"
 
 
 @pytest.mark.parametrize("labels", [True, False], ids=["labelled", "unlabelled"])
