@@ -1,15 +1,16 @@
 """Run one upload check in a child process under address-space and CPU-time limits.
 
 Parsing hostile files is where memory bombs go off: a reader that is tricked into a huge allocation
-must hit a limit in a process of its own, not take the worker down. The child is a fresh interpreter
-(``python -m worker.validation_sandbox``): it imports the readers, then sets ``RLIMIT_AS`` to its
-current address space plus the allowance and ``RLIMIT_CPU`` to its CPU time so far plus the allowance,
-so the limits measure the check alone whatever torch maps at import. The result comes back as JSON
-in a file; the parent only waits (renewing the upload's row meanwhile) and reads the child's peak RSS.
+must hit a limit in a process of its own, not take the worker down. The child is forked from a
+zygote that has imported the readers once (``worker.validation_zygote``); it then sets ``RLIMIT_AS``
+to its current address space plus the allowance and ``RLIMIT_CPU`` to its CPU time so far plus the
+allowance, so the limits measure the check alone whatever torch maps at import. The result comes back
+as JSON in a file; the parent only waits (renewing the upload's row meanwhile) and reads the child's
+peak RSS.
 
 Outcomes: the check's facts, a reason (a defect the reader named, a memory or CPU limit hit, a
-crashed child). A child that dies with its worker (a SIGKILLed process group) is killed by the
-kernel too (``PR_SET_PDEATHSIG``).
+crashed child). A child dies with its zygote and the zygote with its worker (``PR_SET_PDEATHSIG``),
+so a SIGKILLed worker's process group leaves no check running.
 """
 
 from __future__ import annotations
@@ -22,20 +23,18 @@ import logging
 import os
 import resource
 import signal
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from worker.validation_zygote import ZygoteDied, shared_zygote
+
 log = logging.getLogger(__name__)
 
 Kind = Literal["dataset", "checkpoint"]
 MiB = 1024**2
-_POLL_SECONDS = 0.05
 _PR_SET_PDEATHSIG = 1
 # Allocation failures as torch reports them (numpy and PIL raise MemoryError).
 _ALLOC_FAILURE_TEXTS = ("can't allocate memory", "not enough memory", "std::bad_alloc")
@@ -84,66 +83,32 @@ def run_check(
         result_path = Path(tmp) / "result.json"
         stderr_path = Path(tmp) / "stderr.txt"
         argv = [
-            sys.executable,
-            "-m",
-            "worker.validation_sandbox",
             kind,
             str(path),
             json.dumps(stated),
             str(result_path),
             str(limits.memory_bytes),
             str(limits.cpu_seconds),
-            str(os.getpid()),
         ]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        with stderr_path.open("wb") as err:
-            child = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
-            )
         try:
-            status, cpu_used = _wait(child, limits, heartbeat, heartbeat_seconds)
-        finally:
-            if child.returncode is None:  # the parent is being torn down: take the child along
-                child.kill()
-                child.wait()
+            status, cpu_used = shared_zygote().run(
+                argv,
+                stderr_path,
+                wall_seconds=limits.wall_seconds,
+                heartbeat=heartbeat,
+                heartbeat_seconds=heartbeat_seconds,
+            )
+        except ZygoteDied:
+            status, cpu_used = "zygote", 0.0
         result = _read_result(result_path)
-        # The child's own VmHWM: ru_maxrss (and /proc before exec) would show the forked parent's RSS.
+        # The child's own VmHWM: ru_maxrss would show the largest child the zygote ever reaped.
         peak = int(result.get("peak_rss_bytes") or 0) if result else 0
         reason = _reason(status, result, limits, cpu_used)
         if reason is not None and result is None:
-            tail = stderr_path.read_text(errors="replace")[-2000:]
+            tail = stderr_path.read_text(errors="replace")[-2000:] if stderr_path.exists() else ""
             log.warning("validation child of %s ended with status %s: %s", path.name, status, tail)
         facts = result.get("facts") if result and result.get("ok") else None
         return SandboxOutcome(facts=facts, reason=reason, peak_rss_bytes=peak)
-
-
-def _wait(
-    child: subprocess.Popen[bytes],
-    limits: SandboxLimits,
-    heartbeat: Callable[[], None] | None,
-    heartbeat_seconds: float,
-) -> tuple[int | str, float]:
-    """Reap the child with its CPU time: (exit code or 'wall', CPU seconds)."""
-    started = time.monotonic()
-    beat = started
-    timed_out = False
-    while True:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-        if pid:
-            child.returncode = os.waitstatus_to_exitcode(status)
-            cpu = usage.ru_utime + usage.ru_stime
-            return ("wall" if timed_out else child.returncode), cpu
-        now = time.monotonic()
-        if not timed_out and now - started > limits.wall_seconds:
-            timed_out = True
-            child.kill()
-        if heartbeat is not None and now - beat >= heartbeat_seconds:
-            beat = now
-            try:
-                heartbeat()
-            except Exception:  # a missed renewal costs at most a duplicate delivery
-                log.warning("validation heartbeat failed", exc_info=True)
-        time.sleep(_POLL_SECONDS)
 
 
 def _high_water_mark() -> int:
@@ -176,6 +141,8 @@ def _reason(
         # SIGXCPU at the soft CPU limit; SIGKILL at the hard one (a child ignoring SIGXCPU).
         return cpu_limit_reason(limits)
     if result is None:
+        if status == "zygote":
+            return "validation crashed (its zygote process died)"
         name = signal.Signals(-status).name if isinstance(status, int) and status < 0 else f"exit {status}"
         return f"validation crashed ({name})"
     if result.get("ok"):
@@ -186,7 +153,7 @@ def _reason(
 # --- the child ------------------------------------------------------------------------------------
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -236,12 +203,17 @@ def _check(kind: Kind, path: Path, stated: dict[str, Any]) -> dict[str, Any]:
     return facts
 
 
-def _child_main(argv: list[str]) -> None:
-    kind, path, stated, result_path, memory, cpu, parent = argv
-    _die_with_parent(int(parent))
-    # Imported before the limits, which then measure the check alone.
+def preload_readers() -> None:
+    """What every check imports, loaded before any limit (the zygote does it once for all checks)."""
     importlib.import_module("core.datasets")
     importlib.import_module("core.models")
+    importlib.import_module("core.errors")
+
+
+def child_main(argv: list[str]) -> None:
+    kind, path, stated, result_path, memory, cpu, parent = argv
+    die_with_parent(int(parent))
+    preload_readers()
     from core.errors import CoreInputError
 
     out = open(result_path, "w")  # noqa: SIM115 - opened before the limits; written once below
@@ -259,7 +231,3 @@ def _child_main(argv: list[str]) -> None:
     result["peak_rss_bytes"] = _high_water_mark()
     out.write(json.dumps(result, default=str))
     out.close()
-
-
-if __name__ == "__main__":
-    _child_main(sys.argv[1:])

@@ -71,8 +71,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _validation_child(upload_id: str) -> tuple[int, int] | None:
-    """(pid, parent pid) of the running validation child of ``upload_id``, if any."""
+def _validation_child() -> tuple[int, int] | None:
+    """(pid, pool pid) of a running validation child: a child of a validation zygote, itself a child
+    of the Celery pool process that asked for the check (this stack's only cpu worker)."""
+    parents: dict[int, int] = {}
+    zygotes: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -81,8 +84,12 @@ def _validation_child(upload_id: str) -> tuple[int, int] | None:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if b"worker.validation_sandbox" in cmdline and any(upload_id.encode() in a for a in cmdline):
-            return int(entry.name), int(stat.rsplit(")", 1)[1].split()[1])
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        if b"worker.validation_zygote" in cmdline:
+            zygotes.add(int(entry.name))
+    for pid, parent in parents.items():
+        if parent in zygotes:
+            return pid, parents[parent]
     return None
 
 
@@ -99,14 +106,14 @@ def test_a_validation_that_kills_its_worker_ends_invalid_after_max_attempts(stac
         started = time.monotonic()
         # 1st attempt: the whole worker (main process, pool and child) is SIGKILLed mid-validation;
         # the message stays unacked and only the recovery sweep of the next worker sends it again.
-        wait_for(lambda: _validation_child(row["id"]), 60, 0.02, "the first validation child")
+        wait_for(_validation_child, 60, 0.02, "the first validation child")
         stack.workers["cpu"].kill_group(signal.SIGKILL)
         stack.workers["cpu"].popen.wait(timeout=10)
         assert _attempts(stack.database_url, row["id"])[:2] == ("validating", 1)
         stack.start_worker("cpu")
         # 2nd attempt: only the pool process dies (what an OOM kill does); Celery's main process
         # rejects the message with requeue (reject_on_worker_lost) and the broker hands it out again.
-        _, pool_pid = wait_for(lambda: _validation_child(row["id"]), 60, 0.02, "the second validation child")
+        _, pool_pid = wait_for(_validation_child, 60, 0.02, "the second validation child")
         os.kill(pool_pid, signal.SIGKILL)
         final = wait_upload(client, "/v1/datasets", row, timeout=60)
         print(f"validation killed twice: {final['status']} after {time.monotonic() - started:.1f} s")
