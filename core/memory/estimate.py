@@ -31,7 +31,7 @@ width h = ``refine.feature_hidden_dim``) reads no pixels, so its terms are inste
 - batch inputs: ``2 * (2*M + 1) * B * 4*D``.
 
 The submit check compares the total at ``shrink_floor(B)`` with ``Settings.worker_memory_bytes``; the
-largest term decides which field the 422 names. ``batch_terms`` are the two terms that scale with B.
+largest term decides which field the 422 names; BATCH_TERMS are the two terms that scale with B.
 """
 
 from __future__ import annotations
@@ -159,11 +159,6 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         return sum(self.terms.values())
-
-    @property
-    def batch_bytes(self) -> int:
-        """The terms that scale with the batch size (activations and batch inputs)."""
-        return sum(self.terms.get(t, 0) for t in BATCH_TERMS)
 
     def largest_fixed_field(self) -> str:
         """The field of the largest term that does not scale with the batch (what a smaller batch
