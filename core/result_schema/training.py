@@ -114,6 +114,7 @@ class PreflightTry(Block):
 
     batch_size: int = Field(description="refine.batch_size of the dry run")
     measured_peak_bytes: int | None = Field(description="its measured peak, bytes; null: out of memory")
+    resident_bytes: int = Field(description="what the process held on the device as it started, bytes")
     estimated_peak_bytes: int | None = Field(description="the estimate at that batch, bytes")
 
 

@@ -248,7 +248,12 @@ def preflight(
         )
         peak, est = run.peak, estimate(b)
         tried.append(
-            {"batch_size": b, "measured_peak_bytes": peak, "estimated_peak_bytes": est.total if est else None}
+            {
+                "batch_size": b,
+                "measured_peak_bytes": peak,
+                "resident_bytes": run.resident,
+                "estimated_peak_bytes": est.total if est else None,
+            }
         )
         if peak is not None and (limit_bytes is None or peak <= limit_bytes):
             first = tried[0]["measured_peak_bytes"]
@@ -272,6 +277,4 @@ def preflight(
                 tried=tried,
             )
     assert limit_bytes is not None  # without a limit the first candidate is always taken
-    raise _refusal(
-        dev, limit_bytes, requested, shrink_floor(requested), tried[-1]["measured_peak_bytes"], est
-    )
+    raise _refusal(dev, limit_bytes, requested, shrink_floor(requested), run, est)
