@@ -61,8 +61,9 @@ class JobPublic(PublicModel):
     error: str | None = Field(default=None, description="why the job failed, written for the client")
     error_code: str | None = Field(
         default=None,
-        description="stable code of the failure: invalid_input, invalid_spec, out_of_memory, insufficient_memory, "
-        "time_limit_exceeded, worker_lost, broker_unavailable, storage_unavailable, internal_error",
+        description="stable code of the failure: invalid_input, invalid_spec, out_of_memory, "
+        "insufficient_memory, time_limit_exceeded, worker_lost, broker_unavailable, storage_unavailable, "
+        "internal_error",
     )
     spec: dict[str, Any]
     created_at: datetime
