@@ -31,3 +31,15 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, *, epoch: int, step: int, loss: float, field: str = "refine.lr") -> None:
         self.epoch, self.step, self.loss, self.field = epoch, step, loss, field
         super().__init__(f"training diverged at epoch {epoch}, step {step} (loss {loss}); lower {field}")
+
+
+class InsufficientMemory(RuntimeError):
+    """The memory preflight found that the job does not fit its device even at the smallest batch
+    it may shrink to (``core.ruc.preflight``). Not worth a retry on the same device: ``field`` names
+    what to change (``refine.batch_size``, or ``dataset_id`` / ``refine.backbone`` when the part that
+    does not scale with the batch alone exceeds the limit).
+    """
+
+    def __init__(self, message: str, *, field: str) -> None:
+        self.field = field
+        super().__init__(message)

@@ -14,12 +14,13 @@ import re
 
 from pydantic import ValidationError
 
-from core.errors import CoreInputError, TrainingDiverged
+from core.errors import CoreInputError, InsufficientMemory, TrainingDiverged
 from service.storage.base import StorageError
 
 INVALID_INPUT = "invalid_input"
 INVALID_SPEC = "invalid_spec"
 OUT_OF_MEMORY = "out_of_memory"
+INSUFFICIENT_MEMORY = "insufficient_memory"
 TIME_LIMIT_EXCEEDED = "time_limit_exceeded"
 TRAINING_DIVERGED = "training_diverged"
 WORKER_LOST = "worker_lost"
@@ -31,6 +32,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         INVALID_INPUT,
         INVALID_SPEC,
         OUT_OF_MEMORY,
+        INSUFFICIENT_MEMORY,
         TIME_LIMIT_EXCEEDED,
         TRAINING_DIVERGED,
         WORKER_LOST,
@@ -81,6 +83,8 @@ def client_error(exc: BaseException) -> tuple[str, str]:
         return TIME_LIMIT_EXCEEDED, str(exc)
     if isinstance(exc, TrainingDiverged):
         return TRAINING_DIVERGED, str(exc)  # epoch, step, the loss and the setting to lower
+    if isinstance(exc, InsufficientMemory):
+        return INSUFFICIENT_MEMORY, str(exc)  # the preflight's figures and the field to change
     if isinstance(exc, CoreInputError):
         return INVALID_INPUT, str(exc)  # core's messages name the field and the problem, for clients
     if isinstance(exc, ValidationError):

@@ -108,6 +108,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Memory one job may use on a worker; a submit estimated above it is a 422 (0: no check)",
     )
+    device_memory_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Memory the worker's preflight lets one job's RUC stage use on its device: it shrinks "
+        "refine.batch_size (to max(16, B/8)) or fails the job when a dry run peaks above it. 0: the GPU's "
+        "free memory on CUDA, worker_memory_bytes on the CPU",
+    )
     stream_poll_seconds: float = Field(
         default=0.5, gt=0, description="How often GET /v1/jobs/{id}/events/stream reads the database"
     )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.errors import CoreInputError, StopRequested, TrainingDiverged
+from core.errors import CoreInputError, InsufficientMemory, StopRequested, TrainingDiverged
 from core.spec import JobSpec
 from service.client_errors import stored_error
 from service.db.crud import job_runs
@@ -160,6 +160,14 @@ def _queue_callback(job: Job, publish: Publish) -> None:
             )
 
 
+def preflight_cap(settings: Settings, device: str) -> int:
+    """The memory preflight's cap for a job on ``device`` (core/ruc/preflight.py): the explicit
+    RUC_DEVICE_MEMORY_BYTES, else on the CPU the worker's memory (0 on CUDA: its free memory)."""
+    if settings.device_memory_bytes > 0:
+        return settings.device_memory_bytes
+    return settings.worker_memory_bytes if device.startswith("cpu") else 0
+
+
 def _resume_note(settings: Settings, lease: Lease, work_dir: Path) -> str | None:
     if lease.attempt <= 1:
         return None
@@ -206,6 +214,7 @@ def _execute(
             checkpoint_paths=checkpoints,
             hooks=run_hooks,
             resume=True,
+            memory_limit_bytes=preflight_cap(settings, dev),
         )
         if keeper.lost.is_set():
             return "lease_lost", None, None, []
@@ -218,7 +227,7 @@ def _execute(
             return "lease_lost", None, None, []
         return "cancelled", None, None, []
     except Exception as exc:  # the log has the exception; the row a stable code and message
-        if not isinstance(exc, CoreInputError | TrainingDiverged):
+        if not isinstance(exc, CoreInputError | TrainingDiverged | InsufficientMemory):
             log.exception("job %s failed", job.id)
         return "failed", stored_error(exc), None, []
     finally:

@@ -71,9 +71,9 @@ class ResumeSync:
 
 
 def _is_resume_file(rel: str) -> bool:
-    from core.pipeline import BASE_CACHE, RUC_CHECKPOINT
+    from core.pipeline import BASE_CACHE, PREFLIGHT_RECORD, RUC_CHECKPOINT
 
-    return rel == BASE_CACHE or rel.rsplit("/", 1)[-1] == RUC_CHECKPOINT
+    return rel in (BASE_CACHE, PREFLIGHT_RECORD) or rel.rsplit("/", 1)[-1] == RUC_CHECKPOINT
 
 
 def fetch_resume_files(storage: Storage, lease: Lease, target: Path) -> int:

@@ -62,7 +62,8 @@ class JobPublic(PublicModel):
     error_code: str | None = Field(
         default=None,
         description="stable code of the failure: invalid_input, invalid_spec, out_of_memory, "
-        "time_limit_exceeded, worker_lost, broker_unavailable, storage_unavailable, internal_error",
+        "insufficient_memory, time_limit_exceeded, worker_lost, broker_unavailable, storage_unavailable, "
+        "internal_error",
     )
     spec: dict[str, Any]
     created_at: datetime

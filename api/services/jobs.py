@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.files import remove_after_commit
-from api.memory_estimate import estimate_job_memory
+from api.memory_estimate import estimate_at_shrink_floor
 from api.problems import FieldProblem, ProblemError, field_error
 from api.queue import EnqueueError, enqueue
 from api.quotas import check_active_jobs
@@ -108,17 +108,19 @@ def _check_inputs(
 def _check_memory(
     settings: Settings, spec: JobSpec, dataset: Dataset, backbone: str | None, vit: dict[str, Any] | None
 ) -> None:
-    """422 naming the field to change when the job's estimated memory exceeds the worker's."""
+    """422 naming the field to change when the job's estimated memory exceeds the worker's even at the
+    smallest batch the worker's memory preflight may shrink it to (``shrink_floor``)."""
     budget = settings.worker_memory_bytes
-    estimate = estimate_job_memory(
+    estimate = estimate_at_shrink_floor(
         spec, dataset.facts or {}, checkpoint_backbone=backbone, checkpoint_vit=vit
     )
     if budget <= 0 or estimate is None or estimate.total <= budget:
         return
     field = estimate.largest_field()
     problem = (
-        f"the job needs an estimated {estimate.describe()} of worker memory, over the worker's "
-        f"{budget / GiB:.1f} GiB (RUC_WORKER_MEMORY_BYTES); change {field}"
+        f"the job needs an estimated {estimate.describe()} of worker memory at batch size "
+        f"{estimate.batch_size} (the least the preflight may shrink refine.batch_size to), over the "
+        f"worker's {budget / GiB:.1f} GiB (RUC_WORKER_MEMORY_BYTES); change {field}"
     )
     raise ProblemError(
         422,

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,10 @@ class JobContext:
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     inputs: ResolvedInputs | None = None  # what the networks read; set by the loading stage
+    # The memory preflight's cap in bytes (core/pipeline/preflight.py): None skips the preflight,
+    # 0 takes the device's own limit (CUDA: its free memory; CPU: none, measure only).
+    memory_limit_bytes: int | None = None
+    preflight: dict[str, Any] | None = None  # its report, set by the refining stage
 
     def warn(self, message: str) -> None:
         """A note in the result and a ``warning`` event."""

@@ -142,13 +142,18 @@ def run_job(
     checkpoint_paths: dict[str, Path] | None = None,
     hooks: RunHooks | None = None,
     resume: bool = True,
+    memory_limit_bytes: int | None = None,
 ) -> JobOutcome:
     """Run the whole job of ``spec`` on ``dataset`` (see the package docstring) and write its artifacts.
 
     device: where models and images live. work_dir: the job's private folder (created).
     checkpoint_paths: uploaded checkpoint id -> file. resume: reuse ``base.pt`` and continue from
     the RUC checkpoints when they belong to this job; False recomputes them.
-    Raises CoreInputError for unusable inputs and StopRequested when ``hooks.should_stop()``.
+    memory_limit_bytes: the memory preflight's cap (core/ruc/preflight.py): None runs no preflight;
+    0 takes the device's own limit (CUDA: its free memory; CPU: none, the preflight only measures);
+    a positive number caps it. The result's ``preflight`` block reports what it measured and chose.
+    Raises CoreInputError for unusable inputs, StopRequested when ``hooks.should_stop()`` and
+    InsufficientMemory when the preflight finds that the job cannot fit its limit.
     """
     ctx = JobContext(
         spec=spec,
@@ -159,6 +164,7 @@ def run_job(
         hooks=hooks or RunHooks(),
         resume=resume,
         notes=list(getattr(dataset, "notes", []) or []),
+        memory_limit_bytes=memory_limit_bytes,
     )
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     seeds = spec.refinement_seeds()
@@ -187,6 +193,8 @@ def run_job(
             "base_info": {**base.info, "reused_from_cache": cached},
             "effective": {**rucs[best].effective, "knn_k": sel.knn_k},
         }
+        if ctx.preflight is not None:
+            result["preflight"] = ctx.preflight
     # The saving stage's own time is known only now; result.json carries all stages.
     result["timings"] = dict(ctx.timings)
     # The report reads the finished result; its warnings land in ctx.notes, i.e. in result.json.

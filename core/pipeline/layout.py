@@ -14,6 +14,8 @@ ARTIFACT_NAMES = ("refined_ensemble.safetensors", "assignments.csv", "result.jso
 # figure that cannot be drawn or one that needs labels the dataset lacks is absent.
 BASE_CACHE = "base.pt"
 RUC_CHECKPOINT = "ruc_checkpoint.pt"
+# The memory preflight's choice (core/pipeline/preflight.py): a resumed attempt trains at the same batch.
+PREFLIGHT_RECORD = "preflight.json"
 # Inference and attack batches: no activations kept for training, so larger than training batches.
 EVAL_BATCH_SIZE = 512
 
@@ -31,8 +33,9 @@ def run_checkpoint(work_dir: Path, index: int, seed: int, runs: int) -> Path:
 
 
 def resume_files(work_dir: Path) -> list[Path]:
-    """The files of ``work_dir`` a resumed job reads, relative to it: the base cache and every
-    run's RUC checkpoint (a new attempt's folder starts from links to these)."""
-    found = [Path(BASE_CACHE)] if (work_dir / BASE_CACHE).is_file() else []
+    """The files of ``work_dir`` a resumed job reads, relative to it: the base cache, the memory
+    preflight's record and every run's RUC checkpoint (a new attempt's folder starts from links to
+    these)."""
+    found = [Path(name) for name in (BASE_CACHE, PREFLIGHT_RECORD) if (work_dir / name).is_file()]
     found += [p.relative_to(work_dir) for p in sorted(work_dir.glob(f"**/{RUC_CHECKPOINT}")) if p.is_file()]
     return found

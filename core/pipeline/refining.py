@@ -17,6 +17,7 @@ from core.clustering.base import BaseOutput
 from core.hooks import RunHooks
 from core.pipeline.context import JobContext
 from core.pipeline.layout import run_checkpoint
+from core.pipeline.preflight import plan_batch
 from core.ruc import RucOutput, train_ruc
 
 
@@ -71,9 +72,10 @@ def refining(
     """One ``train_ruc`` per seed; each checkpoints in its own folder (``layout.run_checkpoint``).
 
     images_u8: (N, H, W, C) uint8 on the device; clean: (N,) bool, the initial clean set; y: the
-    evaluation labels or None (per-epoch clean-set quality only, never training).
+    evaluation labels or None (per-epoch clean-set quality only, never training). The memory
+    preflight (``preflight.plan_batch``) runs first and may lower the batch size of every run.
     """
-    r = ctx.spec.refine
+    r = plan_batch(ctx, base, images_u8, clean, k, len(seeds))
     outputs = []
     for index, seed in enumerate(seeds):
         outputs.append(

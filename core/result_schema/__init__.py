@@ -26,7 +26,15 @@ from core.result_schema.quality import (
     RobustnessBlock,
     RobustnessReport,
 )
-from core.result_schema.training import BestRun, Effective, EpochMetrics, RunEntry, SummaryFigure
+from core.result_schema.training import (
+    BestRun,
+    Effective,
+    EpochMetrics,
+    Preflight,
+    PreflightTry,
+    RunEntry,
+    SummaryFigure,
+)
 from core.spec import JobSpec
 
 
@@ -74,6 +82,9 @@ class JobResult(Block):
     dataset: DatasetFacts | None = Field(default=None, description="facts of the dataset")
     base_info: BaseInfo | None = Field(default=None, description="what the base clustering stage did")
     effective: Effective | None = Field(default=None, description="schedule values the best run used")
+    preflight: Preflight | None = Field(
+        default=None, description="the memory preflight before RUC (absent when the job ran without one)"
+    )
 
 
 def validated_result(result: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +110,8 @@ __all__ = [
     "EpochMetrics",
     "JobResult",
     "MethodInfo",
+    "Preflight",
+    "PreflightTry",
     "ReliabilityBin",
     "RobustnessBlock",
     "RobustnessReport",

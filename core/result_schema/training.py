@@ -107,3 +107,36 @@ class BestRun(Block):
         description="each run's mean ARI to the other runs; null for one run"
     )
     quiet: list[bool] = Field(description="per run: no collapse sign fired")
+
+
+class PreflightTry(Block):
+    """One batch size the memory preflight's dry run tried."""
+
+    batch_size: int = Field(description="refine.batch_size of the dry run")
+    measured_peak_bytes: int | None = Field(description="its measured peak, bytes; null: out of memory")
+    resident_bytes: int = Field(description="what the process held on the device as it started, bytes")
+    estimated_peak_bytes: int | None = Field(description="the estimate at that batch, bytes")
+
+
+class Preflight(Block):
+    """The memory preflight before RUC (core/ruc/preflight.py): the peak a dry run measured, the limit,
+    and the batch size the job trained with (also ``effective.batch_size``)."""
+
+    device: str = Field(description="torch device of the dry run, e.g. cpu or cuda:0")
+    limit_bytes: int | None = Field(
+        description="memory the job may use there, bytes (CUDA: free memory, capped by "
+        "RUC_DEVICE_MEMORY_BYTES; CPU: RUC_DEVICE_MEMORY_BYTES or RUC_WORKER_MEMORY_BYTES); null: none"
+    )
+    estimated_peak_bytes: int | None = Field(
+        description="core.memory's estimate at the chosen batch (the submit check's), bytes; null when "
+        "the dataset's facts do not allow one"
+    )
+    measured_peak_bytes: int = Field(
+        description="peak of the dry run at the chosen batch, bytes: CUDA memory allocated, or the "
+        "process's peak resident set on the CPU"
+    )
+    requested_batch_size: int = Field(description="the spec's refine.batch_size (or its data default)")
+    batch_size: int = Field(description="the batch size the RUC stage trained with")
+    shrunk: bool = Field(description="whether the preflight lowered the batch size")
+    reason: str = Field(description="what was measured and decided, in a sentence")
+    tried: list[PreflightTry] = Field(description="every dry run, largest batch first")

@@ -202,6 +202,33 @@ def _check_finite(step_terms: torch.Tensor, first_step: int, ps: PassSettings) -
         raise TrainingDiverged(epoch=ps.epoch, step=first_step + i + 1, loss=value)
 
 
+def train_step(
+    k: int,
+    rt: Runtime,
+    images: torch.Tensor,
+    xb: torch.Tensor,
+    ub: torch.Tensor | None,
+    spec: RefineSpec,
+    ps: PassSettings,
+) -> torch.Tensor:
+    """One SGD step of network k on clean rows ``xb`` (B,) and unclean rows ``ub`` (B,) or None.
+
+    Returns the step's loss terms (3,) = [L_Xs, L_Xhat, L_Uhat], detached. Also the memory
+    preflight's dry run (core/ruc/preflight.py), so it measures exactly what training allocates.
+    """
+    opt = rt.optimizers[k]
+    views = _views(rt, images, xb, ub, spec)
+    targets = _targets(rt, k, views, xb, ub, spec, ps.num_clusters)
+    opt.zero_grad(set_to_none=True)
+    terms = _backward(rt, k, views, xb, targets, spec, ps)
+    del views, targets
+    opt.step()
+    # Gradients are dead until the next backward: freeing them now keeps them out of the
+    # peak of the no-grad forwards and of the partner's pass (45 MB per ResNet-18).
+    opt.zero_grad(set_to_none=True)
+    return terms
+
+
 def train_pass(
     k: int, rt: Runtime, images: torch.Tensor, spec: RefineSpec, ps: PassSettings, hooks: RunHooks
 ) -> tuple[torch.Tensor, int]:
@@ -222,7 +249,6 @@ def train_pass(
         unclean_order = unclean_idx[_cycled_order(unclean_idx.numel(), steps * bsz, gen).to(dev)]
     step_terms = torch.zeros(steps, 3, device=dev)
     checked = 0
-    opt = rt.optimizers[k]
     for step in range(steps):
         if step and step % STOP_CHECK_EVERY == 0:
             _check_finite(step_terms[checked:step], checked, ps)
@@ -230,15 +256,7 @@ def train_pass(
             hooks.check_stop(f"network {k + 1}, step {step}")
         xb = clean_order[step * bsz : (step + 1) * bsz]
         ub = unclean_order[step * bsz : (step + 1) * bsz] if unclean_order is not None else None
-        views = _views(rt, images, xb, ub, spec)
-        targets = _targets(rt, k, views, xb, ub, spec, ps.num_clusters)
-        opt.zero_grad(set_to_none=True)
-        step_terms[step] = _backward(rt, k, views, xb, targets, spec, ps)
-        del views, targets
-        opt.step()
-        # Gradients are dead until the next backward: freeing them now keeps them out of the
-        # peak of the no-grad forwards and of the partner's pass (45 MB per ResNet-18).
-        opt.zero_grad(set_to_none=True)
+        step_terms[step] = train_step(k, rt, images, xb, ub, spec, ps)
     _check_finite(step_terms[checked:], checked, ps)
     rt.table[k] = predict_softmax(
         rt.nets[k],

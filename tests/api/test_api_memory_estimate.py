@@ -43,11 +43,13 @@ def test_submit_over_the_worker_memory_is_422_naming_the_field(
     client: TestClient, keys: Keys, settings: Settings
 ) -> None:
     mid = ready_dataset(client, settings, keys.a, **{**CIFAR, "height": 64, "width": 64})
+    big = ready_dataset(client, settings, keys.a, **{**CIFAR, "height": 96, "width": 96})
     huge = ready_dataset(client, settings, keys.a, **{**CIFAR, "count": 2_000_000, "height": 64, "width": 64})
     many = ready_dataset(client, settings, keys.a, count=2_000_000, height=8, width=8, channels=1)
     cases = [
-        # 4,096 images of 64 x 64 px through resnet18_cifar: 79 GB of activations.
-        (mid, {"refine": {"batch_size": 4096}}, "refine.batch_size"),
+        # 4,096 images of 96 x 96 px through resnet18_cifar: 177 GB of activations, and still 22 GB at
+        # 512, the least the worker's preflight may shrink the batch to.
+        (big, {"refine": {"batch_size": 4096, "backbone": "resnet18_cifar"}}, "refine.batch_size"),
         # 2M x 4,096 similarity rows (33 GB) of the metric strategies, for 0.6 GB of 8 x 8 images ...
         (many, {"refine": {"batch_size": 64}}, "refine.strategy"),
         # ... and 2M images of 64 x 64 x 3 themselves (123 GB with the float32 copy).
@@ -64,6 +66,8 @@ def test_submit_over_the_worker_memory_is_422_naming_the_field(
         )
     assert client.get("/v1/jobs", headers=keys.a).json()["data"] == []
     assert submit(client, keys.a, mid).status_code == 202  # paper defaults fit
+    # 79 GB of activations at 4,096 images of 64 x 64 px, 9.9 GB at 512: the preflight shrinks it.
+    assert submit(client, keys.a, mid, refine={"batch_size": 4096}).status_code == 202
 
 
 def test_constants_match_the_real_backbones() -> None:

@@ -31,7 +31,8 @@ def test_the_gpu_check_runs_every_step_at_smoke_sizes(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["check"]["mode"] == "cpu-smoke"
-    assert set(summary["check"]["steps_s"]) == {"cuda_tests", "service_job", "ruc_epoch", "kmeans"}
+    steps = {"cuda_tests", "service_job", "ruc_epoch", "kmeans", "preflight"}
+    assert set(summary["check"]["steps_s"]) == steps
     job = summary["service_job"]
     assert job["device"] == "cpu" and job["n"] == 300
     assert {"base_clustering", "refining", "evaluating"} <= set(job["stages_s"])
@@ -41,3 +42,9 @@ def test_the_gpu_check_runs_every_step_at_smoke_sizes(tmp_path: Path) -> None:
     assert default["epoch_s"] > 0 and default["floor_s"] > 0 and epoch["backbone"] == "small_cnn"
     km = summary["kmeans"]["k10"]
     assert km["core_s"] > 0 and km["sklearn_over_core"] > 0
+    pf = summary["preflight"]  # capped below what batch 128 needs: it shrinks, or names the field
+    if "refused" not in pf:
+        assert pf["shrunk"] and pf["batch_size"] < pf["requested_batch_size"] == 128
+        assert 0 < pf["measured_peak_bytes"] <= pf["limit_bytes"] and pf["estimated_peak_bytes"] > 0
+    else:
+        assert "refine.batch_size" in pf["refused"]
