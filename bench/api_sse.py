@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
-from api_stack import Stack, percentile, rss_kib
+from api_stack import Stack, cpu_seconds, percentile, rss_kib
 
 
 @dataclass
@@ -124,6 +125,11 @@ def _writer(stack: Stack, job_id: str, rate: float, seconds: float, written: lis
     written.append(i)
 
 
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _finish(stack: Stack, job_id: str) -> None:
     from sqlalchemy import update
 
@@ -148,11 +154,15 @@ async def live(stack: Stack, streams: int, rate: float, seconds: float, idle: in
         held = rss_kib(stack.api.pid)
         written: list[int] = []
         writer = threading.Thread(target=_writer, args=(stack, job_id, rate, seconds, written), daemon=True)
+        api_cpu, own_cpu, t1 = cpu_seconds(stack.api.pid), _own_cpu(), time.monotonic()
         writer.start()
         peak = held
         while not written:
             peak = max(peak, rss_kib(stack.api.pid))
             await asyncio.sleep(0.2)
+        window = time.monotonic() - t1
+        api_cpu = (cpu_seconds(stack.api.pid) - api_cpu) / window
+        own_cpu = (_own_cpu() - own_cpu) / window
         await asyncio.sleep(1.5)  # the last events' polls
         _finish(stack, job_id)
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
@@ -170,6 +180,8 @@ async def live(stack: Stack, streams: int, rate: float, seconds: float, idle: in
         "events_per_s": delivered / seconds,  # the writer's window: rate x streams when none is late
         "lat_p50_ms": percentile(latencies, 50) * 1e3,
         "lat_p99_ms": percentile(latencies, 99) * 1e3,
+        "api_cpu": api_cpu,
+        "client_cpu": own_cpu,
         "closed": sum(t.closed_by_server for t in tallies),
     }
 
@@ -188,6 +200,7 @@ def run(stack: Stack, streams: list[int], *, events: int, rate: float, seconds: 
             f"{s:>8}{r['connect_s']:>11.2f}{r['idle_mib']:>9.0f}M{r['held_mib']:>9.0f}M"
             f"{r['kib_per_stream']:>12.0f}{r['events_per_s']:>11.0f}{r['lat_p50_ms']:>12.0f}"
             f"{r['lat_p99_ms']:>12.0f}{r['written']:>9}{r['lost']:>6.0f}"
+            f"{r['api_cpu']:>8.0%} {r['client_cpu']:>10.0%}"
         )
     print(f"{'streams':>8}{'replay ev/s':>13}{'1st p50 ms':>12}{'1st p99 ms':>12}{'wall s':>8}")
     for s in streams:
