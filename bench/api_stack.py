@@ -161,6 +161,9 @@ def stack(*, api_workers: int = 1, extra_env: dict[str, str] | None = None) -> I
             "RUC_BROKER_URL": REDIS_URL,
             "RUC_DATA_DIR": str(tmp),
             "RUC_LOG_LEVEL": "WARNING",
+            # Throughput, not quotas: the submit run queues thousands of jobs under one key.
+            "RUC_QUOTA_ACTIVE_JOBS": "0",
+            "RUC_QUOTA_UPLOADS_PER_HOUR": "0",
             "PYTHONPATH": str(REPO),
             # The machine is shared: one intra-op thread per worker process.
             "OMP_NUM_THREADS": "1",
