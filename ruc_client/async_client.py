@@ -232,6 +232,34 @@ class AsyncClient:
             bar.close()
         raise WaitTimeout(f"job {job_id}: the update source ended before the job did")
 
+    async def submit_prediction(
+        self, job_id: str, file: str | Path | bytes | BinaryIO, *, filename: str | None = None
+    ) -> Prediction:
+        """As ``Client.submit_prediction``."""
+        raw, name, owned = open_upload(file, filename)
+        try:
+            response = await self._http.post(
+                ops.predictions_path(job_id), files={"file": (name, raw, "application/octet-stream")}
+            )
+        finally:
+            if owned:
+                raw.close()
+        return ops.parse_prediction(check(response))
+
+    async def wait_prediction(
+        self, job_id: str, prediction: Prediction, *, timeout_s: float = 600.0, interval_s: float = 0.5
+    ) -> Prediction:
+        """As ``Client.wait_prediction``."""
+        deadline = time.monotonic() + timeout_s
+        while (done := settled(prediction)) is None:
+            if time.monotonic() > deadline:
+                raise WaitTimeout(
+                    f"prediction {prediction.id} still {prediction.status} after {timeout_s:.0f} s"
+                )
+            await asyncio.sleep(interval_s)
+            prediction = await self.get_prediction(job_id, prediction.id)
+        return done
+
     async def predict(
         self,
         job_id: str,
@@ -242,24 +270,8 @@ class AsyncClient:
         interval_s: float = 0.5,
     ) -> Prediction:
         """As ``Client.predict``: the 200 answer, or the 202 one polled until the prediction ends."""
-        raw, name, owned = open_upload(file, filename)
-        try:
-            response = await self._http.post(
-                ops.predictions_path(job_id), files={"file": (name, raw, "application/octet-stream")}
-            )
-        finally:
-            if owned:
-                raw.close()
-        prediction = ops.parse_prediction(check(response))
-        deadline = time.monotonic() + timeout_s
-        while (done := settled(prediction)) is None:
-            if time.monotonic() > deadline:
-                raise WaitTimeout(
-                    f"prediction {prediction.id} still {prediction.status} after {timeout_s:.0f} s"
-                )
-            await asyncio.sleep(interval_s)
-            prediction = await self.get_prediction(job_id, prediction.id)
-        return done
+        prediction = await self.submit_prediction(job_id, file, filename=filename)
+        return await self.wait_prediction(job_id, prediction, timeout_s=timeout_s, interval_s=interval_s)
 
     async def download_artifact(
         self, job_id: str, name: str, dest: str | Path | None = None, *, progress: bool = False

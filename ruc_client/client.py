@@ -240,6 +240,37 @@ class Client:
             bar.close()
         raise WaitTimeout(f"job {job_id}: the update source ended before the job did")
 
+    def submit_prediction(
+        self, job_id: str, file: str | Path | bytes | BinaryIO, *, filename: str | None = None
+    ) -> Prediction:
+        """Send the images of ``file`` (as ``predict``) and return the prediction as answered: finished
+        when the server answered within its wait (200; ``failed`` is returned, not raised), else
+        ``queued`` or ``running`` (202), to follow with ``wait_prediction``. A 422 raises ``ApiError``."""
+        raw, name, owned = open_upload(file, filename)
+        try:
+            response = self._http.post(
+                ops.predictions_path(job_id), files={"file": (name, raw, "application/octet-stream")}
+            )
+        finally:
+            if owned:
+                raw.close()
+        return ops.parse_prediction(check(response))
+
+    def wait_prediction(
+        self, job_id: str, prediction: Prediction, *, timeout_s: float = 600.0, interval_s: float = 0.5
+    ) -> Prediction:
+        """Poll ``prediction`` every ``interval_s`` until it ends: the succeeded one, or
+        ``PredictionFailed`` (``invalid`` or ``failed``); ``WaitTimeout`` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while (done := settled(prediction)) is None:
+            if time.monotonic() > deadline:
+                raise WaitTimeout(
+                    f"prediction {prediction.id} still {prediction.status} after {timeout_s:.0f} s"
+                )
+            time.sleep(interval_s)
+            prediction = self.get_prediction(job_id, prediction.id)
+        return done
+
     def predict(
         self,
         job_id: str,
@@ -255,24 +286,8 @@ class Client:
         ``interval_s`` until it ends. Returns the succeeded ``Prediction`` (``assignments``,
         ``probabilities``); images that do not fit the job raise ``ApiError`` (422, ``errors`` name
         the field) or, found by the worker later, ``PredictionFailed``; so does a failure."""
-        raw, name, owned = open_upload(file, filename)
-        try:
-            response = self._http.post(
-                ops.predictions_path(job_id), files={"file": (name, raw, "application/octet-stream")}
-            )
-        finally:
-            if owned:
-                raw.close()
-        prediction = ops.parse_prediction(check(response))
-        deadline = time.monotonic() + timeout_s
-        while (done := settled(prediction)) is None:
-            if time.monotonic() > deadline:
-                raise WaitTimeout(
-                    f"prediction {prediction.id} still {prediction.status} after {timeout_s:.0f} s"
-                )
-            time.sleep(interval_s)
-            prediction = self.get_prediction(job_id, prediction.id)
-        return done
+        prediction = self.submit_prediction(job_id, file, filename=filename)
+        return self.wait_prediction(job_id, prediction, timeout_s=timeout_s, interval_s=interval_s)
 
     def download_artifact(
         self, job_id: str, name: str, dest: str | Path | None = None, *, progress: bool = False

@@ -18,12 +18,14 @@ from service.db.crud.jobs import count_by_status
 from service.db.models import JOB_STATUSES
 from service.db.session import get_sessionmaker
 from service.settings import Settings
+from service.storage import get_storage
+from service.storage.base import CHECK_TIMEOUT_S
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("api.health")
 
 # Readiness must answer fast even when a dependency hangs.
-PROBE_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = CHECK_TIMEOUT_S
 
 
 @router.get("/healthz", name="live", summary="The process is up (liveness)")
@@ -64,20 +66,35 @@ def _check_broker(settings: Settings) -> str | None:
     return None  # other transports: nothing cheap to probe
 
 
+def _check_storage(settings: Settings) -> str | None:
+    """A folder: it exists and is writable; a bucket: one bounded HEAD (``Storage.check``)."""
+    try:
+        get_storage(settings).check()
+        return None
+    except Exception as exc:  # StorageError, or a client that could not even be built
+        return f"storage: {type(exc).__name__}: {exc}"[:300]
+
+
+def _checks(settings: Settings) -> list[str]:
+    return [p for p in (_check_db(settings), _check_broker(settings), _check_storage(settings)) if p]
+
+
 @router.get(
     "/readyz",
     name="ready",
-    summary="Database and broker reachable (readiness)",
-    responses={503: {"description": "Not ready"}},
+    summary="Database, broker and file store reachable (readiness)",
+    responses={503: {"description": "Not ready: the detail names the dependency, the log says why"}},
 )
 async def readyz(request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
-    problems = [
-        p for p in await run_in_threadpool(lambda: (_check_db(settings), _check_broker(settings))) if p
-    ]
+    problems = await run_in_threadpool(_checks, settings)
     if problems:
         log.warning("not ready: %s", "; ".join(problems))
-        return problem_response(503, "not ready; the service log has the reason", slug="not-ready")
+        # The dependency's name only (database, broker, storage): hosts and errors stay in the log.
+        names = ", ".join(p.split(":", 1)[0] for p in problems)
+        return problem_response(
+            503, f"not ready: {names} unreachable; the service log has the reason", slug="not-ready"
+        )
     return JSONResponse({"status": "ready"})
 
 

@@ -1,14 +1,18 @@
-"""``ruc-service jobs submit SPEC.json [--wait] | watch ID | result ID | artifacts ID [--get NAME]``."""
+"""``ruc-service jobs submit SPEC.json [--wait] | watch ID | result ID | artifacts ID [--get NAME] |
+predict ID --images FILE [--wait] [--out FILE]``."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
 
 from cli.commands.client_support import print_json, with_client
-from ruc_client import Client, Job, RucClientError
+from ruc_client import Client, Job, Prediction, PredictionFailed, RucClientError
+
+OUT_SUFFIXES = (".json", ".csv")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +34,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--get", metavar="NAME", default=None, help="download this artifact")
     a.add_argument("-o", "--output", type=Path, default=None, help="where to write it (default ./NAME)")
     a.set_defaults(func=with_client(run_artifacts))
+    pr = jsub.add_parser(
+        "predict",
+        help="assign new images with a succeeded job's model; prints the prediction as JSON, or writes --out",
+    )
+    pr.add_argument("job_id")
+    pr.add_argument(
+        "--images",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help=".npz with images uint8 (N, H, W, C), or an image-folder archive, as the job's dataset",
+    )
+    pr.add_argument(
+        "--wait",
+        action="store_true",
+        help="poll a request the server queued (202: more than RUC_PREDICT_SYNC_MAX_IMAGES images, or "
+        "slow) until it ends; without it such a request prints its id and status and exits 0",
+    )
+    pr.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits (default 600)")
+    pr.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the answer here: .csv (index, cluster, one probability column per cluster) or .json",
+    )
+    pr.set_defaults(func=with_client(run_predict))
 
 
 def _read_spec(path: Path) -> dict[str, object]:
@@ -81,4 +112,38 @@ def run_artifacts(client: Client, args: argparse.Namespace) -> int:
         return 0
     for artifact in client.list_artifacts(args.job_id):
         print(f"{artifact.name}\t{artifact.size}\t{artifact.sha256}\t{artifact.media_type}")
+    return 0
+
+
+def _write_prediction(prediction: Prediction, path: Path) -> None:
+    if path.suffix == ".json":
+        path.write_text(prediction.model_dump_json(indent=2) + "\n")
+        return
+    assignments, probabilities = prediction.assignments or [], prediction.probabilities or []
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        k = len(probabilities[0]) if probabilities else 0
+        out.writerow(["index", "cluster", *(f"p{j}" for j in range(k))])
+        for i, (cluster, row) in enumerate(zip(assignments, probabilities, strict=True)):
+            out.writerow([i, cluster, *(f"{p:.6g}" for p in row)])
+
+
+def run_predict(client: Client, args: argparse.Namespace) -> int:
+    if args.out is not None and args.out.suffix not in OUT_SUFFIXES:
+        raise RucClientError(f"--out must end in {' or '.join(OUT_SUFFIXES)}: {args.out}")
+    prediction = client.submit_prediction(args.job_id, args.images)
+    if not prediction.finished:
+        if not args.wait:
+            print(f"prediction {prediction.id} {prediction.status} (poll it, or send again with --wait)")
+            return 0
+        prediction = client.wait_prediction(args.job_id, prediction, timeout_s=args.timeout)
+    elif prediction.status != "succeeded":
+        raise PredictionFailed(prediction)
+    line = f"prediction {prediction.id} succeeded: {prediction.count} images"
+    if args.out is None:
+        print(line, file=sys.stderr)
+        print(prediction.model_dump_json(indent=2))
+    else:
+        _write_prediction(prediction, args.out)
+        print(f"{line}, written to {args.out}")
     return 0

@@ -103,4 +103,5 @@ def _build(settings: Settings) -> Storage:
         bucket=settings.s3_bucket,
         prefix=settings.s3_prefix,
         part_bytes=settings.s3_part_bytes,
+        probe_client=s3_client(settings, probe=True),
     )

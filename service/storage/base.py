@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 READ_CHUNK_BYTES = 1 << 20
+# What one readiness check (``Storage.check``) may take per connection attempt and per read.
+CHECK_TIMEOUT_S = 2.0
 
 
 class StorageError(RuntimeError):
@@ -153,7 +155,7 @@ class Storage(ABC):
         which the caller must not modify. ObjectNotFound when there is none."""
 
     def check(self) -> None:
-        """Raise StorageError unless the store answers (readiness); a folder always does."""
+        """Raise StorageError unless the store answers (readiness), within about CHECK_TIMEOUT_S."""
         return None
 
     def local_path(self, key: str) -> Path | None:

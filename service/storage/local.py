@@ -83,6 +83,11 @@ class LocalStorage(Storage):
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
 
+    def check(self) -> None:
+        """Cheap: the folder exists and this process may write in it (nothing is written)."""
+        if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageError(f"folder {self.root} missing or not writable")
+
     def path(self, key: str) -> Path:
         """The file of ``key``; InvalidKey when the key is malformed or would leave the root."""
         path = resolve_inside(self.root, check_key(key))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from service.storage.base import (
+    CHECK_TIMEOUT_S,
     ObjectInfo,
     ObjectNotFound,
     ObjectWriter,
@@ -52,15 +53,17 @@ def _session() -> Any:
     return _sessions.setdefault(os.getpid(), boto3.session.Session())
 
 
-def s3_client(settings: Settings) -> Any:
+def s3_client(settings: Settings, *, probe: bool = False) -> Any:
     """A boto3 S3 client from the settings; empty credentials fall back to boto3's default chain.
-    Called under ``get_storage``'s lock: boto3 sessions are not thread-safe."""
+    ``probe``: for readiness, one attempt of at most CHECK_TIMEOUT_S to connect and to read (the data
+    client retries for a minute, which would hold /readyz as long). Called under ``get_storage``'s
+    lock: boto3 sessions are not thread-safe."""
     from botocore.config import Config
 
     config = Config(
-        connect_timeout=5,
-        read_timeout=60,
-        retries={"max_attempts": 4, "mode": "standard"},
+        connect_timeout=CHECK_TIMEOUT_S if probe else 5,
+        read_timeout=CHECK_TIMEOUT_S if probe else 60,
+        retries={"max_attempts": 1 if probe else 4, "mode": "standard"},
         # A custom endpoint (MinIO and the like) is reached by path: bucket names need no DNS there.
         s3={"addressing_style": "path"} if settings.s3_endpoint_url else {},
     )
@@ -145,8 +148,17 @@ class _MultipartWriter(ObjectWriter):
 class S3Storage(Storage):
     backend = "s3"
 
-    def __init__(self, client: Any, *, bucket: str, prefix: str = "", part_bytes: int = 8 << 20) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        bucket: str,
+        prefix: str = "",
+        part_bytes: int = 8 << 20,
+        probe_client: Any = None,
+    ) -> None:
         self.client = client
+        self.probe_client = probe_client or client  # what check() asks: bounded, see s3_client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.part_bytes = part_bytes
@@ -253,8 +265,9 @@ class S3Storage(Storage):
         return dest
 
     def check(self) -> None:
-        """Raise StorageError unless the bucket answers (readiness)."""
+        """Raise StorageError unless a HEAD of the bucket answers (readiness): a missing bucket, refused
+        credentials or an unreachable endpoint all fail it."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.probe_client.head_bucket(Bucket=self.bucket)
         except Exception as exc:
             raise _failure(f"head of bucket {self.bucket}", exc) from exc

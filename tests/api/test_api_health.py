@@ -19,6 +19,20 @@ def test_healthz_and_readyz(client: TestClient, settings: Settings, caplog: pyte
         r = client.get("/readyz")
     assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
     assert str(settings.broker_dir) not in r.text and str(settings.broker_dir) in caplog.text
+    assert r.json()["detail"] == "not ready: broker unreachable; the service log has the reason"
+
+
+def test_readyz_names_a_missing_storage_folder(
+    client: TestClient, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.storage_dir.rename(settings.data_dir / "moved")
+    with caplog.at_level(logging.WARNING):
+        r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["code"] == "not-ready"
+    assert r.json()["detail"] == "not ready: storage unreachable; the service log has the reason"
+    assert str(settings.storage_dir) not in r.text and str(settings.storage_dir) in caplog.text
+    (settings.data_dir / "moved").rename(settings.storage_dir)
+    assert client.get("/readyz").status_code == 200
 
 
 def test_prometheus_metrics(client: TestClient, keys: Keys, settings: Settings) -> None:

@@ -5,6 +5,8 @@ naming nothing internal. Nothing is written under the local storage folder."""
 from __future__ import annotations
 
 import hashlib
+import logging
+import socket
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from service.db.models import Artifact, Dataset, Job, utcnow
 from service.db.session import session_scope
 from service.settings import Settings
 from service.storage import get_storage
+from service.storage.base import CHECK_TIMEOUT_S
 
 MiB = 1024**2
 PREFIX = "ruc/api-test"
@@ -125,3 +128,28 @@ def test_an_unreachable_store_is_a_503_that_names_nothing_internal(keys: Keys, s
     assert str(port) not in r.text and "Connect" not in r.text and "bucket" not in r.text.lower()
     with session_scope(settings.database_url) as s:
         assert s.scalar(select(func.count()).select_from(Dataset)) == 0
+
+
+def test_readyz_heads_the_bucket_and_names_the_store_when_it_does_not_answer(
+    client: TestClient, settings: Settings, moto: MotoS3, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert client.get("/readyz").status_code == 200
+    moto.client().delete_bucket(Bucket=bucket)  # the endpoint answers, the bucket is gone
+    with caplog.at_level(logging.WARNING):
+        gone = client.get("/readyz")
+    assert gone.status_code == 503 and gone.headers["content-type"] == "application/problem+json"
+    assert gone.json()["code"] == "not-ready"
+    assert gone.json()["detail"] == "not ready: storage unreachable; the service log has the reason"
+    assert bucket not in gone.text and f"head of bucket {bucket}" in caplog.text
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    down = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{port}"})
+    with TestClient(create_app(down), raise_server_exceptions=False) as closed:
+        started = time.monotonic()
+        r = closed.get("/readyz")
+        took = time.monotonic() - started
+    print(f"\nreadyz on a closed S3 port: {r.status_code} after {took:.2f} s")
+    assert r.status_code == 503 and "storage" in r.json()["detail"] and str(port) not in r.text
+    assert took < 2 * CHECK_TIMEOUT_S + 1  # one bounded attempt, not the data client's retries

@@ -1,13 +1,15 @@
 """Predictions against the live stack (API, gpu, cpu and predict workers on Postgres and Redis): a
 small job's own images, predicted through HTTP and ruc_client, get exactly the refined assignments of
 its downloaded assignments.csv; a small request is answered at once (200), a large one (202) through
-its Location; an archive is read by the worker; images of another kind are a 422 naming the field."""
+its Location; an archive is read by the worker; images of another kind are a 422 naming the field;
+`ruc-service jobs predict` writes the same answers as CSV or JSON."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
 import io
+import json
 import time
 import zipfile
 from pathlib import Path
@@ -127,3 +129,40 @@ def test_ruc_client_predicts_both_routes_and_names_what_does_not_fit(
     assert whole.assignments == job["refined"] and len(whole.probabilities) == N_IMAGES
     with httpx.Client(base_url=services.base_url) as anonymous:
         assert anonymous.get(f"/v1/jobs/{job['id']}/predictions/{whole.id}").status_code == 401
+
+
+def test_cli_predict_writes_csv_and_json_and_waits_only_when_asked(
+    services: Services,
+    job: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cli.main import main
+
+    monkeypatch.setenv("RUC_API_URL", services.base_url)
+    monkeypatch.setenv("RUC_API_KEY", services.key)
+    few, every, rgb = tmp_path / "few.npz", tmp_path / "all.npz", tmp_path / "rgb.npz"
+    few.write_bytes(_npz(job["images"][:SMALL]))
+    every.write_bytes(_npz(job["images"]))
+    rgb.write_bytes(_npz(np.zeros((4, 8, 8, 3), np.uint8)))
+    predict = ["jobs", "predict", job["id"], "--images"]
+
+    assert main([*predict, str(few), "--out", str(tmp_path / "few.csv")]) == 0  # answered at once (200)
+    rows = list(csv.DictReader((tmp_path / "few.csv").read_text().splitlines()))
+    clusters = [int(r["cluster"]) for r in rows]
+    assert clusters == job["refined"][:SMALL] and [int(r["index"]) for r in rows] == list(range(SMALL))
+    probs = np.array([[float(r[f"p{k}"]) for k in range(10)] for r in rows])
+    assert np.allclose(probs.sum(1), 1, atol=1e-4) and list(probs.argmax(1)) == clusters
+
+    capsys.readouterr()
+    assert main([*predict, str(every)]) == 0  # 300 > 256 images: a 202, not waited for
+    said = capsys.readouterr().out
+    assert said.startswith("prediction pred_") and said.split()[2] in ("queued", "running"), said
+    assert main([*predict, str(every), "--wait", "--out", str(tmp_path / "all.json")]) == 0
+    assert json.loads((tmp_path / "all.json").read_text())["assignments"] == job["refined"]
+
+    capsys.readouterr()
+    assert main([*predict, str(rgb)]) == 1  # 3 channels for a grey job: one line, exit 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 422 validation-error: images: ") and err.count("\n") == 1, err
