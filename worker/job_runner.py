@@ -192,21 +192,25 @@ def _execute(
             hooks.on_event("info", note)
         dataset = load_dataset(_dataset_path(job, storage, cache))
         checkpoints = _resolve_checkpoints(job, spec, storage, cache)
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from core.distributed import launched, parse_devices
+
+        dev = device or settings.worker_devices or ("cuda" if torch.cuda.is_available() else "cpu")
         run_hooks = hooks.run_hooks()
         if settings.storage_backend != "local":
             from worker.resume_sync import ResumeSync
 
             run_hooks = ResumeSync(storage, lease, work_dir, keeper.lost).hooks(run_hooks)
-        outcome = run_job(
-            spec,
-            dataset,
-            device=dev,
-            work_dir=work_dir,
-            checkpoint_paths=checkpoints,
-            hooks=run_hooks,
-            resume=True,
-        )
+        # Several devices: this process is rank 0 and its hooks report; core.distributed starts the rest.
+        with launched(parse_devices(dev), timeout_s=settings.distributed_timeout_seconds) as rank0_device:
+            outcome = run_job(
+                spec,
+                dataset,
+                device=rank0_device,
+                work_dir=work_dir,
+                checkpoint_paths=checkpoints,
+                hooks=run_hooks,
+                resume=True,
+            )
         if keeper.lost.is_set():
             return "lease_lost", None, None, []
         staged = artifacts.stage_artifacts(storage, lease, outcome.artifacts, keeper.lost)

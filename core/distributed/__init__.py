@@ -37,6 +37,7 @@ world size resumes at any other. World size 1 runs none of this: no process grou
 every helper is the identity, so the single-process path is bit-identical to what it was.
 """
 
+from core.distributed.commands import devices_in_use
 from core.distributed.group import (
     RanksDiverged,
     broadcast_tree,
@@ -57,6 +58,7 @@ __all__ = [
     "RanksDiverged",
     "broadcast_tree",
     "check_same",
+    "devices_in_use",
     "gather_rows",
     "is_leader",
     "launched",

@@ -39,6 +39,7 @@ class Session:
     seq: int = 0
     active: bool = False  # inside a collective entry point: nested ones are not announced again
     children: list[Any] = field(default_factory=list)  # rank 0: the followers' subprocess.Popen
+    devices: list[str] = field(default_factory=list)  # rank 0: every rank's device, rank 0 first
 
     def key(self) -> str:
         return f"ruc/cmd/{self.seq}"
@@ -54,6 +55,14 @@ def set_session(session: Session | None) -> None:
 
 def current_session() -> Session | None:
     return _SESSION
+
+
+def devices_in_use(default: torch.device) -> list[str]:
+    """Every rank's device in the current session, or [``default``] without one."""
+    s = _SESSION
+    if s is None or not s.devices or world_size() == 1:
+        return [str(default)]
+    return list(s.devices)
 
 
 def post(name: str) -> None:

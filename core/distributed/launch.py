@@ -139,7 +139,8 @@ def launched(devices: list[torch.device], *, timeout_s: float = DEFAULT_TIMEOUT_
     ok = False
     try:
         torch.set_num_threads(threads)
-        init_rank(store, 0, world, devices[0], timeout_s).children = children
+        session = init_rank(store, 0, world, devices[0], timeout_s)
+        session.children, session.devices = children, [str(d) for d in devices]
         yield devices[0]
         ok = True
     except Exception as exc:
