@@ -31,3 +31,10 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, *, epoch: int, step: int, loss: float, field: str = "refine.lr") -> None:
         self.epoch, self.step, self.loss, self.field = epoch, step, loss, field
         super().__init__(f"training diverged at epoch {epoch}, step {step} (loss {loss}); lower {field}")
+
+
+class RankLost(RuntimeError):
+    """A rank of a multi-device job exited during it (killed, out of memory, its device failed).
+
+    Infrastructure, not the job: the worker treats it like a lost worker and the job resumes.
+    """

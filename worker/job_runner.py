@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.errors import CoreInputError, StopRequested, TrainingDiverged
+from core.errors import CoreInputError, RankLost, StopRequested, TrainingDiverged
 from core.spec import JobSpec
 from service.client_errors import stored_error
 from service.db.crud import job_runs
@@ -129,9 +129,12 @@ def run_job_delivery(
             outcome = _execute(job, spec, DbHooks(spec, keeper), keeper, settings, device)
     status, error, result, staged = outcome
     # Files are removed below only after this commit: a crash before it leaves everything to resume from.
-    finished = status != "lease_lost" and store_outcome(
+    finished = status not in ("lease_lost", "rank_lost") and store_outcome(
         lease, status=status, error=error, result=result, artifacts=staged
     )
+    if status == "rank_lost":  # like a lost worker: the lease lapses, recovery re-queues, it resumes
+        artifacts.discard_unpublished(get_storage(settings), lease)
+        return status
     if not finished:
         log.warning(
             "job %s: lease lost before the outcome (%s) could be stored; nothing written", job_id, status
@@ -217,6 +220,12 @@ def _execute(
         if staged is None:  # lost while putting them: the caller discards what was put
             return "lease_lost", None, None, []
         return "succeeded", None, jsonable(outcome.result), staged
+    except RankLost as exc:
+        log.warning("job %s: %s", job.id, exc)
+        hooks.on_event(
+            "warning", "a training rank was lost; the job is retried from its last epoch checkpoint"
+        )
+        return "rank_lost", None, None, []
     except StopRequested:
         if keeper.lost.is_set():
             return "lease_lost", None, None, []

@@ -52,9 +52,11 @@ from core.distributed.group import (
     world_size,
 )
 from core.distributed.launch import DEFAULT_TIMEOUT_S, launched, parse_devices
+from core.errors import RankLost
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "RankLost",
     "RanksDiverged",
     "broadcast_tree",
     "check_same",

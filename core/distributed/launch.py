@@ -9,7 +9,8 @@ Failure handling: a rank that dies makes the others fail at their next collectiv
 closed peer at once; any backend gives up after ``timeout_s``); children also die with the
 caller (PR_SET_PDEATHSIG) and poll for its disappearance while idle. When the body of
 ``launched`` raises, the children are killed and the error propagates, so the job's normal
-retry and resume take over.
+retry and resume take over: a ``RankLost`` is handled by the worker like a lost worker (the
+attempt stores nothing, the lease lapses, the job is re-queued and resumes from its checkpoint).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from core.distributed.commands import STOP, Session, post, set_session
-from core.errors import CoreInputError
+from core.errors import CoreInputError, RankLost
 
 DEFAULT_TIMEOUT_S = 600.0  # longer than rank 0's longest pause inside training (a checkpoint write)
 STOP_GRACE_S = 30.0  # followers leave within this after STOP before they are killed
@@ -147,7 +148,7 @@ def launched(devices: list[torch.device], *, timeout_s: float = DEFAULT_TIMEOUT_
         dead = [(r, p.returncode) for r, p in enumerate(children, start=1) if p.poll() not in (None, 0)]
         if dead:
             r, code = dead[0]
-            raise RuntimeError(f"distributed rank {r} exited with {code}: {_tail(logs[r])}") from exc
+            raise RankLost(f"distributed rank {r} exited with {code}: {_tail(logs[r])}") from exc
         raise
     finally:
         try:

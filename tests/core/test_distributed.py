@@ -20,7 +20,7 @@ import torch.distributed as dist
 from core.clustering.base_steps import fit_base_network, predict_probs
 from core.distributed import launched, parse_devices, world_size
 from core.distributed.commands import current_session
-from core.errors import CoreInputError
+from core.errors import CoreInputError, RankLost
 from core.hooks import RunHooks
 from core.ruc import load_state, train_ruc
 from tests.core.distributed_task import K, Task, acc_ece, images01, make_task, spec
@@ -107,7 +107,7 @@ def test_kill_mid_epoch_then_resume_on_two_and_on_one_rank(runs: dict[str, Any],
         if fraction == pytest.approx(3 / 6):
             killed_at.append(time.perf_counter())
 
-    with pytest.raises(RuntimeError, match="distributed rank 1 exited"), launched(CPU2) as dev:
+    with pytest.raises(RankLost, match="distributed rank 1 exited"), launched(CPU2) as dev:
         _ruc(task, dev, checkpoint_path=ckpt, hooks=RunHooks(on_progress=on_progress))
     assert time.perf_counter() - killed_at[0] < 30  # gloo notices the dead peer, no timeout wait
     assert load_state(ckpt).epoch == 1
