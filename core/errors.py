@@ -43,3 +43,10 @@ class InsufficientMemory(RuntimeError):
     def __init__(self, message: str, *, field: str) -> None:
         self.field = field
         super().__init__(message)
+
+
+class RankLost(RuntimeError):
+    """A rank of a multi-device job exited during it (killed, out of memory, its device failed).
+
+    Infrastructure, not the job: the worker treats it like a lost worker and the job resumes.
+    """

@@ -115,6 +115,18 @@ class Settings(BaseSettings):
         "refine.batch_size (to max(16, B/8)) or fails the job when a dry run peaks above it. 0: the GPU's "
         "free memory on CUDA, worker_memory_bytes on the CPU",
     )
+    worker_devices: str = Field(
+        default="",
+        description="Devices one job of this worker trains on: cuda:0,cuda:1 | all (every visible GPU) | "
+        "cpu:N (N CPU ranks, gloo; for tests) | one device; several run the base fit and RUC epochs "
+        "data-parallel (README, 'One job on several GPUs'). Empty: cuda if available, else cpu",
+    )
+    distributed_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A rank waiting this long in a collective of a multi-device job gives up (the job "
+        "fails and its retry resumes from the last epoch checkpoint)",
+    )
     stream_poll_seconds: float = Field(
         default=0.5, gt=0, description="How often GET /v1/jobs/{id}/events/stream reads the database"
     )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.errors import CoreInputError, InsufficientMemory, StopRequested, TrainingDiverged
+from core.errors import CoreInputError, InsufficientMemory, RankLost, StopRequested, TrainingDiverged
 from core.spec import JobSpec
 from service.client_errors import stored_error
 from service.db.crud import job_runs
@@ -129,9 +129,12 @@ def run_job_delivery(
             outcome = _execute(job, spec, DbHooks(spec, keeper), keeper, settings, device)
     status, error, result, staged = outcome
     # Files are removed below only after this commit: a crash before it leaves everything to resume from.
-    finished = status != "lease_lost" and store_outcome(
+    finished = status not in ("lease_lost", "rank_lost") and store_outcome(
         lease, status=status, error=error, result=result, artifacts=staged
     )
+    if status == "rank_lost":  # like a lost worker: the lease lapses, recovery re-queues, it resumes
+        artifacts.discard_unpublished(get_storage(settings), lease)
+        return status
     if not finished:
         log.warning(
             "job %s: lease lost before the outcome (%s) could be stored; nothing written", job_id, status
@@ -200,28 +203,38 @@ def _execute(
             hooks.on_event("info", note)
         dataset = load_dataset(_dataset_path(job, storage, cache))
         checkpoints = _resolve_checkpoints(job, spec, storage, cache)
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from core.distributed import launched, parse_devices
+
+        dev = device or settings.worker_devices or ("cuda" if torch.cuda.is_available() else "cpu")
         run_hooks = hooks.run_hooks()
         if settings.storage_backend != "local":
             from worker.resume_sync import ResumeSync
 
             run_hooks = ResumeSync(storage, lease, work_dir, keeper.lost).hooks(run_hooks)
-        outcome = run_job(
-            spec,
-            dataset,
-            device=dev,
-            work_dir=work_dir,
-            checkpoint_paths=checkpoints,
-            hooks=run_hooks,
-            resume=True,
-            memory_limit_bytes=preflight_cap(settings, dev),
-        )
+        # Several devices: this process is rank 0 and its hooks report; core.distributed starts the rest.
+        with launched(parse_devices(dev), timeout_s=settings.distributed_timeout_seconds) as rank0_device:
+            outcome = run_job(
+                spec,
+                dataset,
+                device=rank0_device,
+                work_dir=work_dir,
+                checkpoint_paths=checkpoints,
+                hooks=run_hooks,
+                resume=True,
+                memory_limit_bytes=preflight_cap(settings, rank0_device),
+            )
         if keeper.lost.is_set():
             return "lease_lost", None, None, []
         staged = artifacts.stage_artifacts(storage, lease, outcome.artifacts, keeper.lost)
         if staged is None:  # lost while putting them: the caller discards what was put
             return "lease_lost", None, None, []
         return "succeeded", None, jsonable(outcome.result), staged
+    except RankLost as exc:
+        log.warning("job %s: %s", job.id, exc)
+        hooks.on_event(
+            "warning", "a training rank was lost; the job is retried from its last epoch checkpoint"
+        )
+        return "rank_lost", None, None, []
     except StopRequested:
         if keeper.lost.is_set():
             return "lease_lost", None, None, []

@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="processes; 1 per GPU for the gpu queue (two jobs on one GPU only slow each other down)",
     )
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="devices of each job: cuda:0,cuda:1 | all | cpu:N | one device (sets RUC_WORKER_DEVICES); "
+        "several train one job data-parallel, so use --concurrency 1",
+    )
     p.add_argument("--hostname", "-n", default=None, help="Celery node name (default celery@%%h)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=run)
@@ -48,7 +54,24 @@ def celery_argv(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def _several(devices: str) -> bool:
+    """True unless ``devices`` names one device (no torch here: ``all`` counts as several)."""
+    d = devices.strip()
+    return d == "all" or "," in d or (d.startswith("cpu:") and d != "cpu:1")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.devices:
+        if _several(args.devices) and args.concurrency != 1:
+            raise SystemExit(
+                "--devices with several devices trains one job on all of them: use --concurrency 1 "
+                "(or one worker per device group, e.g. CUDA_VISIBLE_DEVICES=0,1 and =2,3)"
+            )
+        os.environ["RUC_WORKER_DEVICES"] = args.devices  # read by the pool's Settings
+        from service.settings import get_settings
+
+        get_settings.cache_clear()
+
     from worker.celery_app import app
 
     if PREDICT_QUEUE in {q.strip() for q in args.queues.split(",")}:

@@ -18,6 +18,8 @@ from core.augment import weak_augment
 from core.clustering.autok import estimate_k
 from core.clustering.kmeans import kmeans
 from core.clustering.methods import MethodInputs, run_method
+from core.distributed import reduce_step, share
+from core.distributed.commands import collective
 from core.errors import CoreInputError
 from core.hooks import RunHooks
 from core.models import ClusteringModel, feature_statistics
@@ -75,6 +77,7 @@ def predict_probs(
     return predict_softmax(model, images01, batch_size=batch_size)
 
 
+@collective("base.fit", local=("hooks",))
 def fit_base_network(
     model: ClusteringModel,
     images01: torch.Tensor,
@@ -95,7 +98,9 @@ def fit_base_network(
     int64 hard labels or (N, K) float probabilities (soft cross-entropy). Shuffling and
     augmentation draw from a generator seeded with ``seed``. Reports progress in ``progress`` (a
     sub-range of the stage) after every epoch and honours ``hooks.should_stop`` between epochs.
-    Returns the mean training loss of every epoch.
+    Returns the mean training loss of every epoch. On several ranks (core.distributed) each
+    augments the whole batch with the shared generator, trains on its share of the rows and sums
+    gradients before the step, so every rank ends with the same network.
     """
     n = images01.shape[0]
     dev = images01.device
@@ -116,11 +121,17 @@ def fit_base_network(
             if idx.numel() < 2:
                 break
             x = augment(images01[idx], gen) if augment else weak_augment(images01[idx], generator=gen)
-            loss = F.cross_entropy(model(x), targets[idx])
+            lo, hi, weight = share(idx.numel())
+            if hi - lo == idx.numel() and weight == 1.0:
+                loss = F.cross_entropy(model(x), targets[idx])
+            else:  # this rank's share of the batch mean
+                part = F.cross_entropy(model(x[lo:hi]), targets[idx[lo:hi]], reduction="sum")
+                loss = part * weight / idx.numel()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            batch_loss = reduce_step(model, loss.detach().reshape(1))  # summed over ranks (no-op on one)
             opt.step()
-            total += float(loss.detach()) * idx.numel()
+            total += float(batch_loss) * idx.numel()
             count += idx.numel()
         losses.append(total / max(count, 1))
         hooks.on_progress(lo + (hi - lo) * (epoch + 1) / epochs, None, None)

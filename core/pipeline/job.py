@@ -11,6 +11,7 @@ import torch
 
 from core.clustering.base import BaseOutput
 from core.datasets import ImageDataset
+from core.distributed import devices_in_use, world_size
 from core.hooks import RunHooks
 from core.pipeline.artifacts import json_safe, save_ensemble, write_assignments, write_result
 from core.pipeline.context import JobContext
@@ -188,6 +189,8 @@ def run_job(
             "notes": ctx.notes,
             "timings": {},
             "device": str(ctx.device),
+            "world_size": world_size(),
+            "devices": devices_in_use(ctx.device),
             "spec": spec.model_dump(mode="json"),
             "dataset": dataset.facts(),
             "base_info": {**base.info, "reused_from_cache": cached},

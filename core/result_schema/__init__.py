@@ -77,7 +77,13 @@ class JobResult(Block):
         description="warnings and notes of the job (fallbacks, collapse, report), in order"
     )
     timings: dict[str, float] = Field(description="stage name -> wall time, seconds")
-    device: str = Field(description="torch device the job ran on, e.g. cpu or cuda:0")
+    device: str = Field(description="torch device the job ran on, e.g. cpu or cuda:0 (rank 0's with several)")
+    world_size: int | None = Field(
+        default=None, description="processes that trained the job together (1: one device)"
+    )
+    devices: list[str] | None = Field(
+        default=None, description="the device of each rank, rank 0 first (several: data-parallel training)"
+    )
     spec: JobSpec = Field(description="the job spec as validated (defaults filled in)")
     dataset: DatasetFacts | None = Field(default=None, description="facts of the dataset")
     base_info: BaseInfo | None = Field(default=None, description="what the base clustering stage did")

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from core.distributed import solo
 from core.errors import InsufficientMemory
 from core.memory import GiB, MemoryEstimate, shrink_candidates, shrink_floor
 from core.memory.host import HostPeak
@@ -168,9 +169,17 @@ def measure_peak(
                 resident = torch.cuda.memory_allocated(dev)
             with contextlib.nullcontext() if cuda else host:
                 resident = resident or host.peak  # the RSS on entry, after freed pages went back
-                net_bytes = _dry_run(
-                    base_model, images, pseudo, clean, spec, num_clusters=num_clusters, seed=seed, perf=perf
-                )
+                with solo():  # rank 0 alone, at the whole batch: an upper bound of any rank's share
+                    net_bytes = _dry_run(
+                        base_model,
+                        images,
+                        pseudo,
+                        clean,
+                        spec,
+                        num_clusters=num_clusters,
+                        seed=seed,
+                        perf=perf,
+                    )
             if cuda:
                 torch.cuda.synchronize(dev)
             peak = torch.cuda.max_memory_allocated(dev) if cuda else host.peak

@@ -13,6 +13,10 @@ The training forward is split into chunks of B images (the strong clean view, th
 batch strided so every chunk holds X and U rows alike, which is MixMatch's interleaving), so
 BatchNorm always normalises over B samples and only B images' activations are alive at a time;
 gradients accumulate over the chunks before one SGD step.
+
+On several ranks (core.distributed) every rank builds the same views of the whole batch from the
+shared generator, trains on its share of each chunk, and sums gradients before the step; the
+no-gradient forwards and the prediction table are split by rows and gathered.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from core.distributed import gather_rows, reduce_step, share
 from core.errors import TrainingDiverged
 from core.hooks import RunHooks
 from core.models.inference import autocast, predict_softmax, softmax_chunks, to_layout
@@ -85,6 +90,16 @@ def _views(
     return _Views(x=x, u=u, x_strong=x_strong, x_weak=x_weak, u_weak=u_weak)
 
 
+def _nograd(net: torch.nn.Module, inputs: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """softmax_chunks of ``inputs`` (eval mode, rows independent), split by rows across ranks."""
+    return gather_rows(
+        lambda lo, hi: softmax_chunks(
+            net, inputs[lo:hi], chunk=rt.nograd_chunk, autocast_dtype=rt.autocast_dtype
+        ),
+        inputs.shape[0],
+    )
+
+
 def _targets(
     rt: Runtime,
     k: int,
@@ -108,11 +123,7 @@ def _targets(
     own_u = spec.refurbish and spec.refurbish_mode == "batch" and v.u is not None
     parts = ([v.x] if own_x else []) + ([v.u] if own_u and v.u is not None else []) + v.u_weak
     net.eval()
-    own = (
-        softmax_chunks(net, torch.cat(parts), chunk=rt.nograd_chunk, autocast_dtype=rt.autocast_dtype)
-        if parts
-        else None
-    )
+    own = _nograd(net, torch.cat(parts), rt) if parts else None
     at = 0
     p_x = rt.table[partner_slot][xb]
     if own_x and own is not None:
@@ -129,9 +140,7 @@ def _targets(
         if co:
             partner = rt.nets[1 - k]
             partner.eval()
-            p = softmax_chunks(
-                partner, torch.cat(v.u_weak), chunk=rt.nograd_chunk, autocast_dtype=rt.autocast_dtype
-            )
+            p = _nograd(partner, torch.cat(v.u_weak), rt)
             guesses.append(p.view(spec.weak_augmentations, n_u, k_clusters))
         q_bar = guess_labels(torch.cat(guesses), spec.sharpen_temperature)  # (B, K)
     y = F.one_hot(rt.pseudo[xb], k_clusters).float()
@@ -154,10 +163,17 @@ def _backward(
     terms = torch.zeros(3, device=dev)
     net.train()
     if spec.strong_loss:
+        lo, hi, weight = share(xb.numel())  # this rank's rows (all of them on one rank)
+        x_s = v.x_strong if hi - lo == xb.numel() else v.x_strong[lo:hi]
         with autocast(dev, rt.autocast_dtype):
-            logits_s = net(v.x_strong)
-        smoothed = smooth_labels(rt.pseudo[xb], ps.num_clusters, ps.label_smoothing)
-        loss_xs = soft_cross_entropy(logits_s, smoothed).mean()
+            logits_s = net(x_s)
+        smoothed = smooth_labels(rt.pseudo[xb[lo:hi]], ps.num_clusters, ps.label_smoothing)
+        per_sample = soft_cross_entropy(logits_s, smoothed)
+        loss_xs = (
+            per_sample.mean()
+            if weight == 1.0 and hi - lo == xb.numel()
+            else per_sample.sum() * weight / xb.numel()
+        )
         loss_xs.backward()
         terms[0] = loss_xs.detach()
         del logits_s, loss_xs
@@ -177,13 +193,19 @@ def _backward(
     n_chunks = max(1, round(mixed_x.shape[0] / bsz))
     for j in range(n_chunks):
         rows = torch.arange(j, mixed_x.shape[0], n_chunks, device=dev)
+        lo, hi, weight = share(rows.numel())
+        rows = rows[lo:hi]
         with autocast(dev, rt.autocast_dtype):
             logits = net(to_layout(mixed_x[rows], rt.channels_last))
         is_lab = rows < n_lab
         loss_x = soft_cross_entropy(logits[is_lab], mixed_t[rows][is_lab]).sum() / n_lab
+        if weight != 1.0:
+            loss_x = loss_x * weight
         loss = loss_x
         if n_unl and spec.unlabeled_loss:
             loss_u = probs_squared_error(logits[~is_lab], mixed_t[rows][~is_lab]).sum() / n_unl
+            if weight != 1.0:
+                loss_u = loss_u * weight
             loss = loss + ps.lambda_u * loss_u
             terms[2] += loss_u.detach()
         loss.backward()
@@ -222,6 +244,7 @@ def train_step(
     opt.zero_grad(set_to_none=True)
     terms = _backward(rt, k, views, xb, targets, spec, ps)
     del views, targets
+    reduce_step(rt.nets[k], terms)  # sums gradients and terms over ranks (no-op on one)
     opt.step()
     # Gradients are dead until the next backward: freeing them now keeps them out of the
     # peak of the no-grad forwards and of the partner's pass (45 MB per ResNet-18).
@@ -258,13 +281,16 @@ def train_pass(
         ub = unclean_order[step * bsz : (step + 1) * bsz] if unclean_order is not None else None
         step_terms[step] = train_step(k, rt, images, xb, ub, spec, ps)
     _check_finite(step_terms[checked:], checked, ps)
-    rt.table[k] = predict_softmax(
-        rt.nets[k],
-        images,
-        batch_size=INFERENCE_BATCH_FACTOR * rt.nograd_chunk,
-        chunk=rt.nograd_chunk,
-        channels_last=rt.channels_last,
-        autocast_dtype=rt.autocast_dtype,
+    rt.table[k] = gather_rows(
+        lambda lo, hi: predict_softmax(
+            rt.nets[k],
+            images[lo:hi],
+            batch_size=INFERENCE_BATCH_FACTOR * rt.nograd_chunk,
+            chunk=rt.nograd_chunk,
+            channels_last=rt.channels_last,
+            autocast_dtype=rt.autocast_dtype,
+        ),
+        images.shape[0],
     )
     rt.ready[k] = True
     return step_terms.sum(dim=0), steps

@@ -24,6 +24,9 @@ Choices worth knowing:
   the Beta draws from a numpy Generator, both seeded from ``seed`` and checkpointed, so a run
   resumed from a checkpoint reproduces an uninterrupted run exactly on the CPU.
 * A non-finite loss stops the run with TrainingDiverged (epoch, step, value, the setting to lower).
+* On several ranks (core.distributed) every rank runs this function with rank 0's inputs; rank 0
+  alone checkpoints (the others get no path) and its resume decision is broadcast, and after every
+  epoch the ranks check that their clean sets, labels, tables and networks agree.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.distributed import broadcast_tree, check_state
+from core.distributed.commands import collective
 from core.errors import CoreInputError
 from core.hooks import RunHooks
 from core.models import ClusteringModel, FeatureClusteringModel
@@ -254,6 +259,7 @@ def _run_epoch(
     }
 
 
+@collective("ruc.train", local=("device", "hooks", "checkpoint_path"))
 def train_ruc(
     base_model: ClusteringModel,
     images_u8: torch.Tensor,
@@ -309,6 +315,7 @@ def train_ruc(
     state = None
     if ckpt is not None and resume and ckpt.exists():
         state = try_resume(ckpt, fingerprint, len(rt.nets), hooks)
+    state = broadcast_tree(state, device=dev)  # rank 0 decides for all ranks (identity on one)
     if state is not None:
         rt.restore(state)
         start_epoch = state.epoch
@@ -322,6 +329,7 @@ def train_ruc(
         if labels is not None:
             metrics.update(label_metrics(rt.clean, rt.pseudo, initial_clean, labels, num_clusters))
         per_epoch.append(metrics)
+        check_state([rt.clean, rt.pseudo, rt.table], rt.nets, f"RUC epoch {epoch + 1}")
         # Reported before it is checkpointed: a crash between the two repeats the epoch (whose report
         # the worker replaces); the other order could leave a resumable epoch that was never reported.
         hooks.on_epoch(dict(metrics))
