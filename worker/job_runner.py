@@ -163,12 +163,12 @@ def _queue_callback(job: Job, publish: Publish) -> None:
             )
 
 
-def preflight_cap(settings: Settings, device: str) -> int:
-    """The memory preflight's cap for a job on ``device`` (core/ruc/preflight.py): the explicit
+def preflight_cap(settings: Settings, device_type: str) -> int:
+    """The memory preflight's cap for a job on a device of type ``device_type`` (core/ruc/preflight.py): the explicit
     RUC_DEVICE_MEMORY_BYTES, else on the CPU the worker's memory (0 on CUDA: its free memory)."""
     if settings.device_memory_bytes > 0:
         return settings.device_memory_bytes
-    return settings.worker_memory_bytes if device.startswith("cpu") else 0
+    return settings.worker_memory_bytes if device_type == "cpu" else 0
 
 
 def _resume_note(settings: Settings, lease: Lease, work_dir: Path) -> str | None:
@@ -221,7 +221,7 @@ def _execute(
                 checkpoint_paths=checkpoints,
                 hooks=run_hooks,
                 resume=True,
-                memory_limit_bytes=preflight_cap(settings, rank0_device),
+                memory_limit_bytes=preflight_cap(settings, rank0_device.type),
             )
         if keeper.lost.is_set():
             return "lease_lost", None, None, []
