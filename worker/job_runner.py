@@ -164,8 +164,8 @@ def _queue_callback(job: Job, publish: Publish) -> None:
 
 
 def preflight_cap(settings: Settings, device_type: str) -> int:
-    """The memory preflight's cap for a job on a device of type ``device_type`` (core/ruc/preflight.py): the explicit
-    RUC_DEVICE_MEMORY_BYTES, else on the CPU the worker's memory (0 on CUDA: its free memory)."""
+    """The memory preflight's cap (core/ruc/preflight.py) on a ``device_type`` ('cpu', 'cuda'): the
+    explicit RUC_DEVICE_MEMORY_BYTES, else on the CPU the worker's memory (0 on CUDA: its free memory)."""
     if settings.device_memory_bytes > 0:
         return settings.device_memory_bytes
     return settings.worker_memory_bytes if device_type == "cpu" else 0
