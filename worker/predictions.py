@@ -22,6 +22,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from core.datasets.limits import ArchiveLimits
 from core.errors import CoreInputError
 from core.predict.inputs import job_images, prediction_limits
 from service.client_errors import DATASET_DELETED, TIME_LIMIT_EXCEEDED, format_error, stored_error
@@ -113,7 +114,10 @@ def _assign(prediction_id: str, start: PredictionStart, settings: Settings, devi
     cache = _scratch(settings, prediction_id)
     upload = _input_copy(start, settings, cache)
     ensemble = get_storage(settings).local_copy(start.ensemble_path, cache)
-    dataset = load_dataset(upload, limits=prediction_limits(wanted.image_shape, wanted.max_images))
+    # A dataset id was validated under the default limits (as a job reads it): arrays beside its images
+    # (labels, features) may exceed what a prediction upload of that many images is allowed.
+    limits = ArchiveLimits() if start.dataset_id else prediction_limits(wanted.image_shape, wanted.max_images)
+    dataset = load_dataset(upload, limits=limits)
     predictor = _predictor(ensemble, start.ensemble_sha256, _device(device), wanted.image_shape)
     count = predictor.check(dataset.images, max_images=wanted.max_images)
 
