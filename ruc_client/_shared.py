@@ -130,6 +130,22 @@ def open_upload(file: str | Path | bytes | BinaryIO, filename: str | None) -> tu
     return file, filename or Path(str(getattr(file, "name", "upload.bin"))).name, False
 
 
+def prediction_body(
+    file: str | Path | bytes | BinaryIO | None, filename: str | None, dataset_id: str | None
+) -> tuple[dict[str, Any], BinaryIO | None]:
+    """httpx ``post`` keywords of a prediction request and the file to close after it (None: nothing
+    to close): the images of ``file`` as multipart, or the JSON ``{"dataset_id": ...}``."""
+    if (file is None) == (dataset_id is None):
+        raise RucClientError(
+            "a prediction takes either a file of images or a dataset_id, not both or neither"
+        )
+    if dataset_id is not None:
+        return {"json": {"dataset_id": dataset_id}}, None
+    assert file is not None
+    raw, name, owned = open_upload(file, filename)
+    return {"files": {"file": (name, raw, "application/octet-stream")}}, raw if owned else None
+
+
 def verify_upload(what: str, sent: HashingReader, server_sha256: str) -> None:
     if sent.hexdigest() != server_sha256:
         raise ChecksumError(what, server_sha256, sent.hexdigest())

@@ -19,6 +19,7 @@ from ruc_client._shared import (
     RetryPolicy,
     check,
     open_upload,
+    prediction_body,
     resolve_settings,
     retryable_status,
     settled,
@@ -233,17 +234,20 @@ class AsyncClient:
         raise WaitTimeout(f"job {job_id}: the update source ended before the job did")
 
     async def submit_prediction(
-        self, job_id: str, file: str | Path | bytes | BinaryIO, *, filename: str | None = None
+        self,
+        job_id: str,
+        file: str | Path | bytes | BinaryIO | None = None,
+        *,
+        filename: str | None = None,
+        dataset_id: str | None = None,
     ) -> Prediction:
         """As ``Client.submit_prediction``."""
-        raw, name, owned = open_upload(file, filename)
+        body, to_close = prediction_body(file, filename, dataset_id)
         try:
-            response = await self._http.post(
-                ops.predictions_path(job_id), files={"file": (name, raw, "application/octet-stream")}
-            )
+            response = await self._http.post(ops.predictions_path(job_id), **body)
         finally:
-            if owned:
-                raw.close()
+            if to_close is not None:
+                to_close.close()
         return ops.parse_prediction(check(response))
 
     async def wait_prediction(
@@ -263,14 +267,15 @@ class AsyncClient:
     async def predict(
         self,
         job_id: str,
-        file: str | Path | bytes | BinaryIO,
+        file: str | Path | bytes | BinaryIO | None = None,
         *,
         filename: str | None = None,
+        dataset_id: str | None = None,
         timeout_s: float = 600.0,
         interval_s: float = 0.5,
     ) -> Prediction:
         """As ``Client.predict``: the 200 answer, or the 202 one polled until the prediction ends."""
-        prediction = await self.submit_prediction(job_id, file, filename=filename)
+        prediction = await self.submit_prediction(job_id, file, filename=filename, dataset_id=dataset_id)
         return await self.wait_prediction(job_id, prediction, timeout_s=timeout_s, interval_s=interval_s)
 
     async def download_artifact(

@@ -19,6 +19,7 @@ from ruc_client._shared import (
     RetryPolicy,
     check,
     open_upload,
+    prediction_body,
     resolve_settings,
     retryable_status,
     settled,
@@ -241,19 +242,22 @@ class Client:
         raise WaitTimeout(f"job {job_id}: the update source ended before the job did")
 
     def submit_prediction(
-        self, job_id: str, file: str | Path | bytes | BinaryIO, *, filename: str | None = None
+        self,
+        job_id: str,
+        file: str | Path | bytes | BinaryIO | None = None,
+        *,
+        filename: str | None = None,
+        dataset_id: str | None = None,
     ) -> Prediction:
         """Send the images of ``file`` (as ``predict``) and return the prediction as answered: finished
         when the server answered within its wait (200; ``failed`` is returned, not raised), else
         ``queued`` or ``running`` (202), to follow with ``wait_prediction``. A 422 raises ``ApiError``."""
-        raw, name, owned = open_upload(file, filename)
+        body, to_close = prediction_body(file, filename, dataset_id)
         try:
-            response = self._http.post(
-                ops.predictions_path(job_id), files={"file": (name, raw, "application/octet-stream")}
-            )
+            response = self._http.post(ops.predictions_path(job_id), **body)
         finally:
-            if owned:
-                raw.close()
+            if to_close is not None:
+                to_close.close()
         return ops.parse_prediction(check(response))
 
     def wait_prediction(
@@ -274,19 +278,22 @@ class Client:
     def predict(
         self,
         job_id: str,
-        file: str | Path | bytes | BinaryIO,
+        file: str | Path | bytes | BinaryIO | None = None,
         *,
         filename: str | None = None,
+        dataset_id: str | None = None,
         timeout_s: float = 600.0,
         interval_s: float = 0.5,
     ) -> Prediction:
         """Assign the images of ``file`` (a path, bytes or a binary file: ``.npz`` with ``images``
-        uint8 (N, H, W, C), or an image-folder archive, as the job's dataset) with the job's refined
-        model. A small request is answered at once (200); a larger one (202) is polled every
-        ``interval_s`` until it ends. Returns the succeeded ``Prediction`` (``assignments``,
-        ``probabilities``); images that do not fit the job raise ``ApiError`` (422, ``errors`` name
-        the field) or, found by the worker later, ``PredictionFailed``; so does a failure."""
-        prediction = self.submit_prediction(job_id, file, filename=filename)
+        uint8 (N, H, W, C), or an image-folder archive, as the job's dataset), or every image of your
+        ready dataset ``dataset_id`` (one of the two), with the job's refined model. A small request
+        is answered at once (200); a larger one (202) is polled every ``interval_s`` until it ends.
+        Returns the succeeded ``Prediction`` (``assignments``, ``probabilities``); images that do not
+        fit the job raise ``ApiError`` (422, ``errors`` name the field: ``dataset_id`` for a
+        dataset) or, found by the worker later, ``PredictionFailed``; so does a failure (a dataset
+        deleted before the worker read it: ``dataset_deleted``)."""
+        prediction = self.submit_prediction(job_id, file, filename=filename, dataset_id=dataset_id)
         return self.wait_prediction(job_id, prediction, timeout_s=timeout_s, interval_s=interval_s)
 
     def download_artifact(

@@ -76,6 +76,7 @@ class Prediction(_Model):
     job_id: str
     status: PredictionStatus
     count: int | None = None
+    dataset_id: str | None = None
     error_code: str | None = None
     error: str | None = None
     assignments: list[int] | None = None

@@ -27,6 +27,8 @@ WORKER_LOST = "worker_lost"
 BROKER_UNAVAILABLE = "broker_unavailable"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL_ERROR = "internal_error"
+# A prediction of a dataset the caller deleted before the worker read it.
+DATASET_DELETED = "dataset_deleted"
 ERROR_CODES: frozenset[str] = frozenset(
     {
         INVALID_INPUT,
@@ -39,6 +41,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         BROKER_UNAVAILABLE,
         STORAGE_UNAVAILABLE,
         INTERNAL_ERROR,
+        DATASET_DELETED,
     }
 )
 INTERNAL_MESSAGE = "the job failed on an internal error; the operator's logs have the detail"

@@ -5,8 +5,10 @@ Every delivery of ``predictions.run`` starts an attempt (``service.db.crud.predi
 outcome is ``succeeded`` (assignments and probabilities), ``invalid`` (the images break a rule:
 ``invalid_input: <field>: <problem>``, core's own words) or ``failed`` (a stable code: out of
 memory, the time limit, an internal error; the exception goes to the log). The uploaded file is
-removed once the outcome is written. Loaded ensembles stay cached per worker process (a few, by
-file and sha256), so a client sending many small requests pays the load once.
+removed once the outcome is written; a prediction of a dataset id reads the caller's dataset, which
+is never removed here, and ends ``failed`` (``dataset_deleted``) when it was deleted meanwhile.
+Loaded ensembles stay cached per worker process (a few, by file and sha256), so a client sending
+many small requests pays the load once.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from core.datasets.limits import ArchiveLimits
 from core.errors import CoreInputError
 from core.predict.inputs import job_images, prediction_limits
-from service.client_errors import TIME_LIMIT_EXCEEDED, format_error, stored_error
+from service.client_errors import DATASET_DELETED, TIME_LIMIT_EXCEEDED, format_error, stored_error
 from service.db.crud import predictions as crud
 from service.db.crud.predictions import PredictionStart
 from service.db.session import session_scope
 from service.settings import Settings, get_settings
-from service.storage import get_storage
+from service.storage import ObjectNotFound, get_storage
 from worker.db_retry import OUTCOME_RETRY_DELAYS, with_db_retry, write_telemetry
 
 log = logging.getLogger(__name__)
@@ -62,13 +65,31 @@ def _scratch(settings: Settings, prediction_id: str) -> Path:
     return settings.scratch_dir / "predictions" / prediction_id
 
 
-def _discard(settings: Settings, prediction_id: str, upload_key: str) -> None:
-    """Remove the uploaded images from the store and this prediction's local copies."""
-    try:
-        get_storage(settings).delete_prefix(str(Path(upload_key).parent))
-    except Exception:  # the store is down: retention (worker.gc) removes the folder later
-        log.warning("prediction %s: its upload could not be removed now", prediction_id, exc_info=True)
+class DatasetDeleted(Exception):
+    """The dataset a prediction reads was deleted (or stopped being ready) before it was read."""
+
+
+def _discard(settings: Settings, prediction_id: str, start: PredictionStart) -> None:
+    """Remove the uploaded images from the store and this prediction's local copies; a dataset id's
+    file is the caller's upload, not the prediction's: only its local copies go."""
+    if start.dataset_id is None:
+        try:
+            get_storage(settings).delete_prefix(str(Path(start.path).parent))
+        except Exception:  # the store is down: retention (worker.gc) removes the folder later
+            log.warning("prediction %s: its upload could not be removed now", prediction_id, exc_info=True)
     shutil.rmtree(_scratch(settings, prediction_id), ignore_errors=True)
+
+
+def _input_copy(start: PredictionStart, settings: Settings, cache: Path) -> Path:
+    """The images' file on this machine; DatasetDeleted when a dataset id's file is gone."""
+    if start.dataset_id is not None and not start.path:
+        raise DatasetDeleted
+    try:
+        return get_storage(settings).local_copy(start.path, cache)
+    except ObjectNotFound:
+        if start.dataset_id is not None:  # deleted between the start of the attempt and this read
+            raise DatasetDeleted from None
+        raise
 
 
 def _device(device: str | None) -> str:
@@ -90,11 +111,13 @@ def _assign(prediction_id: str, start: PredictionStart, settings: Settings, devi
     )
     # A remote store's files are read from copies in this prediction's scratch folder (removed when
     # it ends); with the local backend these are the stored files themselves.
-    storage = get_storage(settings)
     cache = _scratch(settings, prediction_id)
-    upload = storage.local_copy(start.path, cache)
-    ensemble = storage.local_copy(start.ensemble_path, cache)
-    dataset = load_dataset(upload, limits=prediction_limits(wanted.image_shape, wanted.max_images))
+    upload = _input_copy(start, settings, cache)
+    ensemble = get_storage(settings).local_copy(start.ensemble_path, cache)
+    # A dataset id was validated under the default limits (as a job reads it): arrays beside its images
+    # (labels, features) may exceed what a prediction upload of that many images is allowed.
+    limits = ArchiveLimits() if start.dataset_id else prediction_limits(wanted.image_shape, wanted.max_images)
+    dataset = load_dataset(upload, limits=limits)
     predictor = _predictor(ensemble, start.ensemble_sha256, _device(device), wanted.image_shape)
     count = predictor.check(dataset.images, max_images=wanted.max_images)
 
@@ -117,6 +140,9 @@ def _outcome(prediction_id: str, start: PredictionStart, settings: Settings, dev
         return _assign(prediction_id, start, settings, device)
     except CoreInputError as exc:
         return "invalid", stored_error(exc), None
+    except DatasetDeleted:
+        why = f"dataset {start.dataset_id} was deleted before the prediction read it"
+        return "failed", format_error(DATASET_DELETED, why), None
     except SoftTimeLimitExceeded:  # Celery's soft limit of the task: predict_time_limit_seconds
         limit = settings.predict_time_limit_seconds
         return "failed", format_error(TIME_LIMIT_EXCEEDED, f"time limit of {limit} s exceeded"), None
@@ -135,7 +161,7 @@ def run_prediction_delivery(
     if start.outcome != "started":
         log.info("prediction %s: delivery dropped (%s)", prediction_id, start.outcome)
         if start.outcome == "exhausted":
-            _discard(settings, prediction_id, start.path)
+            _discard(settings, prediction_id, start)
         return start.outcome
     status, error, result = _outcome(prediction_id, start, settings, device)
 
@@ -145,6 +171,6 @@ def run_prediction_delivery(
 
     written = with_db_retry(finish, delays=OUTCOME_RETRY_DELAYS, what=f"prediction {prediction_id} outcome")
     # The images are needed no more, whoever wrote the outcome.
-    _discard(settings, prediction_id, start.path)
+    _discard(settings, prediction_id, start)
     log.info("prediction %s: %s (attempt %d)", prediction_id, status, start.attempt)
     return status if written else "decided"

@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from api.files import download_response
 from api.problems import ProblemError, not_found
-from api.schemas.common import problem_responses, upload_request_body
+from api.schemas.common import problem_responses
 from api.schemas.jobs import (
     JOB_CREATE_EXAMPLES,
     ArtifactPublic,
@@ -23,7 +23,7 @@ from api.schemas.jobs import (
     MetricsPublic,
     ResultPublic,
 )
-from api.schemas.predictions import PredictionPublic
+from api.schemas.predictions import PredictionPublic, prediction_request_body
 from api.services import event_stream
 from api.services import jobs as service
 from api.services import predictions as predicting
@@ -288,13 +288,15 @@ def download_artifact(
         200: {"description": "Done within the wait: succeeded (assignments, probabilities) or failed"},
         202: {"model": PredictionPublic, "description": "Queued or running: poll the Location"},
     },
-    openapi_extra=upload_request_body(DATASET_SUFFIXES),
-    summary="Assign new images with a succeeded job's refined model (multipart field `file`)",
-    description="The images as a dataset upload holds them (`.npz` with `images` uint8 (N, H, W, C), or "
-    "an image-folder archive) with the job's H, W and C. A request of at most "
+    openapi_extra=prediction_request_body(DATASET_SUFFIXES),
+    summary="Assign new images with a succeeded job's refined model (a file, or a dataset id)",
+    description="Either multipart field `file`: the images as a dataset upload holds them (`.npz` with "
+    '`images` uint8 (N, H, W, C), or an image-folder archive), or a JSON body `{"dataset_id": ...}` '
+    "naming one of your `ready` datasets (404 for another owner's, 409 while it validates; it is read, "
+    "never removed). The images need the job's H, W and C. A request of at most "
     "RUC_PREDICT_SYNC_MAX_IMAGES images waits up to RUC_PREDICT_SYNC_SECONDS for its answer (200); a "
     "larger or slower one is answered 202 with the prediction's URL in `Location`. Images that do not "
-    "fit the job are a 422 naming the field.",
+    "fit the job are a 422 naming the field (`dataset_id` for a dataset).",
 )
 async def create_prediction(
     job_id: str,
@@ -304,7 +306,11 @@ async def create_prediction(
     session: SessionDep,
     settings: SettingsDep,
 ) -> PredictionPublic:
-    row = await predicting.accept_prediction(request, session, settings, owner, job_id)
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+        body = await predicting.read_dataset_request(request)
+        row = await predicting.accept_dataset_prediction(session, settings, owner, job_id, body)
+    else:
+        row = await predicting.accept_prediction(request, session, settings, owner, job_id)
     row = await predicting.await_outcome(settings, row)
     if row.status == "invalid":
         raise predicting.invalid_problem(row)

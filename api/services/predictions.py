@@ -1,11 +1,14 @@
-"""Prediction requests: stream the images into the job's folder, check an ``.npz`` header against the
-job, insert the row, commit, enqueue; then a small request waits for its outcome.
+"""Prediction requests: stream the images into the job's folder (or name one of the caller's ``ready``
+datasets), check an ``.npz`` header (or the dataset's facts) against the job, insert the row, commit,
+enqueue; then a small request waits for its outcome.
 
 Only the header of an ``.npz`` is read here (``core.predict.inputs``, no torch): its image count,
 size, channels and dtype decide at once between a 422 naming the field, a 202 (more images than
 ``predict_sync_max_images``) and waiting. Archives are read only by the worker, which records the
-count it found. Waiting polls the row (one primary-key read per poll, on a short session) until it
-ends, until a count over the sync bound appears, or until ``predict_sync_seconds`` have passed.
+count it found. A dataset id is checked from the facts its validation recorded, with the same rules
+(a 422 naming ``dataset_id``), and its count decides the same way. Waiting polls the row (one
+primary-key read per poll, on a short session) until it ends, until a count over the sync bound
+appears, or until ``predict_sync_seconds`` have passed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import logging
 import time
 from pathlib import Path
 
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -22,13 +27,15 @@ from starlette.requests import Request
 
 from api.problems import FieldProblem, ProblemError, field_error, not_found
 from api.queue import EnqueueError, enqueue
+from api.schemas.predictions import PredictionCreate
 from api.uploads import StoredUpload, receive_upload
 from core.errors import CoreInputError
-from core.predict.inputs import JobImages, inspect_npz, job_images
-from service.client_errors import public_error
+from core.predict.inputs import JobImages, check_prediction_shape, inspect_npz, job_images
+from service.client_errors import public_error, public_reason
+from service.db.crud import datasets as datasets_crud
 from service.db.crud import jobs as jobs_crud
 from service.db.crud import predictions as crud
-from service.db.models import FINISHED_PREDICTION_STATUSES, Prediction, new_id
+from service.db.models import FINISHED_PREDICTION_STATUSES, Dataset, Prediction, new_id
 from service.db.session import get_sessionmaker
 from service.settings import Settings
 from service.storage import DATASET_SUFFIXES, get_storage
@@ -39,6 +46,9 @@ log = logging.getLogger("api.services.predictions")
 FIRST_POLL_SECONDS = 0.02
 MAX_POLL_SECONDS = 0.25
 UNREADABLE_NPZ = "not a readable .npz file (a zip of .npy arrays)"
+DATASET_FIELD = "dataset_id"
+# The JSON form names a dataset: a few dozen bytes; anything near this cap is not a prediction request.
+MAX_JSON_BODY_BYTES = 16 * 1024
 
 
 def _job_images(session: Session, settings: Settings, owner_id: str, job_id: str) -> JobImages:
@@ -99,6 +109,103 @@ def _undo(session: Session, row: Prediction) -> None:
     session.commit()
 
 
+async def _enqueue_or_undo(
+    settings: Settings, session: Session, row: Prediction, relative_dir: str | None
+) -> None:
+    """Send ``predictions.run``; when the broker refuses, remove the row (and the uploaded folder) and
+    answer 503."""
+    try:
+        await run_in_threadpool(enqueue, settings, TASK_PREDICT, [row.id])
+    except EnqueueError as exc:
+        await run_in_threadpool(_undo, session, row)
+        if relative_dir is not None:
+            await run_in_threadpool(get_storage(settings).delete_prefix, relative_dir)
+        raise ProblemError(
+            503,
+            "the task broker is unavailable; the request was not kept, send it again",
+            slug="broker-unavailable",
+        ) from exc
+
+
+async def read_dataset_request(request: Request) -> PredictionCreate:
+    """The JSON body ``{"dataset_id": ...}``; 413 past ``MAX_JSON_BODY_BYTES``, 422 naming the field."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY_BYTES:
+            raise field_error(
+                413, "body", f"larger than {MAX_JSON_BODY_BYTES} bytes", slug="payload-too-large"
+            )
+    try:
+        return PredictionCreate.model_validate_json(bytes(body))
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+def _dataset_count(dataset: Dataset, wanted: JobImages) -> int:
+    """The image count of a ready dataset whose facts fit the job (the inline path's rules), else a
+    CoreInputError naming ``dataset_id``; 409 while it is still validating."""
+    if dataset.status == "validating":
+        raise field_error(
+            409, DATASET_FIELD, "dataset is validating; wait until it is ready", slug="not-ready"
+        )
+    if dataset.status != "ready":
+        why = f" ({public_reason(dataset.reason)})" if dataset.reason else ""
+        raise CoreInputError(DATASET_FIELD, f"dataset is {dataset.status}{why}")
+    facts = dataset.facts or {}
+    if not facts.get("has_images", True) or facts.get("height") is None:
+        raise CoreInputError(DATASET_FIELD, "the dataset has no images (only precomputed features)")
+    shape = (int(facts["count"]), int(facts["height"]), int(facts["width"]), int(facts["channels"]))
+    try:
+        return check_prediction_shape(shape, expected=wanted.image_shape, max_images=wanted.max_images)
+    except CoreInputError as exc:
+        raise CoreInputError(DATASET_FIELD, f"its {exc.problem}") from None
+
+
+def _insert_dataset_row(
+    session: Session, settings: Settings, owner_id: str, job_id: str, dataset_id: str
+) -> Prediction:
+    wanted = _job_images(session, settings, owner_id, job_id)
+    dataset = datasets_crud.get_dataset(session, owner_id, dataset_id)
+    if dataset is None:
+        session.rollback()
+        raise not_found("dataset", dataset_id)
+    try:
+        count = _dataset_count(dataset, wanted)
+        row = crud.create_prediction(
+            session,
+            prediction_id=new_id("pred"),
+            job_id=job_id,
+            owner_id=owner_id,
+            filename=dataset.filename,
+            size=dataset.size,
+            sha256=dataset.sha256,
+            path=dataset.path,
+            count=count,
+            dataset_id=dataset.id,
+        )
+        session.commit()
+        return row
+    except BaseException:
+        session.rollback()
+        raise
+
+
+async def accept_dataset_prediction(
+    session: Session, settings: Settings, owner_id: str, job_id: str, body: PredictionCreate
+) -> Prediction:
+    """Insert the queued row of every image of the caller's dataset, commit, enqueue. 404 for a dataset
+    that is not theirs, 409 while it validates, 422 naming ``dataset_id`` when it cannot fit the job."""
+    try:
+        row = await run_in_threadpool(
+            _insert_dataset_row, session, settings, owner_id, job_id, body.dataset_id
+        )
+    except CoreInputError as exc:
+        raise field_error(422, exc.field, exc.problem, slug="validation-error") from exc
+    await _enqueue_or_undo(settings, session, row, None)
+    return row
+
+
 async def accept_prediction(
     request: Request, session: Session, settings: Settings, owner_id: str, job_id: str
 ) -> Prediction:
@@ -127,16 +234,7 @@ async def accept_prediction(
     except BaseException:
         await run_in_threadpool(storage.delete_prefix, relative_dir)
         raise
-    try:
-        await run_in_threadpool(enqueue, settings, TASK_PREDICT, [row_id])
-    except EnqueueError as exc:
-        await run_in_threadpool(_undo, session, row)
-        await run_in_threadpool(storage.delete_prefix, relative_dir)
-        raise ProblemError(
-            503,
-            "the task broker is unavailable; the request was not kept, send it again",
-            slug="broker-unavailable",
-        ) from exc
+    await _enqueue_or_undo(settings, session, row, relative_dir)
     return row
 
 
@@ -177,6 +275,8 @@ def invalid_problem(row: Prediction) -> ProblemError:
     field, sep, problem = (message or "").partition(": ")
     if not sep:
         field, problem = "file", message or "the images do not fit the job"
+    if row.dataset_id is not None:  # the caller named a dataset, not a field of a file they sent
+        field, problem = DATASET_FIELD, f"{field}: {problem}"
     return ProblemError(
         422, f"{field}: {problem}", slug="validation-error", errors=[FieldProblem(field, problem)]
     )

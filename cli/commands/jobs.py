@@ -1,5 +1,5 @@
 """``ruc-service jobs submit SPEC.json [--wait] | watch ID | result ID | artifacts ID [--get NAME] |
-predict ID --images FILE [--wait] [--out FILE]``."""
+predict ID (--images FILE | --dataset ID) [--wait] [--out FILE]``."""
 
 from __future__ import annotations
 
@@ -39,12 +39,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="assign new images with a succeeded job's model; prints the prediction as JSON, or writes --out",
     )
     pr.add_argument("job_id")
-    pr.add_argument(
+    given = pr.add_mutually_exclusive_group(required=True)
+    given.add_argument(
         "--images",
         type=Path,
-        required=True,
         metavar="FILE",
         help=".npz with images uint8 (N, H, W, C), or an image-folder archive, as the job's dataset",
+    )
+    given.add_argument(
+        "--dataset",
+        metavar="ID",
+        help="every image of one of your ready datasets (uploaded with `datasets upload`), read in place",
     )
     pr.add_argument(
         "--wait",
@@ -131,7 +136,7 @@ def _write_prediction(prediction: Prediction, path: Path) -> None:
 def run_predict(client: Client, args: argparse.Namespace) -> int:
     if args.out is not None and args.out.suffix not in OUT_SUFFIXES:
         raise RucClientError(f"--out must end in {' or '.join(OUT_SUFFIXES)}: {args.out}")
-    prediction = client.submit_prediction(args.job_id, args.images)
+    prediction = client.submit_prediction(args.job_id, args.images, dataset_id=args.dataset)
     if not prediction.finished:
         if not args.wait:
             print(f"prediction {prediction.id} {prediction.status} (poll it, or send again with --wait)")

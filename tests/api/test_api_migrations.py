@@ -27,7 +27,7 @@ def _check_roundtrip(url: str) -> None:
     engine = create_engine(url)
     try:
         assert set(inspect(engine).get_table_names()) >= TABLES
-        assert current_revision(url) == "0003_predictions"
+        assert current_revision(url) == "0004_prediction_dataset"
         with engine.connect() as conn:
             # The hand-written migration and the models describe the same schema.
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

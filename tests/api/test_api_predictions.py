@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from api_support import Keys, broker_tasks, ready_dataset, submit
+from api_support import Keys, broker_tasks, ready_dataset, submit, upload
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from service.client_errors import stored_error
 from service.db.crud import predictions as crud
-from service.db.models import Artifact, Job, Prediction, utcnow
+from service.db.models import Artifact, Dataset, Job, Prediction, utcnow
 from service.db.session import session_scope
 from service.settings import Settings
 
@@ -209,3 +209,73 @@ def test_an_outcome_written_while_the_request_waits_is_its_answer(
     body = r.json()
     assert r.status_code == 200 and body["status"] == "failed" and body["error_code"] == "internal_error"
     assert "/srv" not in r.text and body["assignments"] is None
+
+
+def _post_dataset(client: TestClient, headers: dict[str, str], job_id: str, body: object):
+    return client.post(f"/v1/jobs/{job_id}/predictions", headers=headers, json=body)
+
+
+def test_a_dataset_id_is_checked_from_its_facts_and_queued_without_copying_it(
+    client: TestClient, keys: Keys, settings: Settings
+) -> None:
+    job_id = _succeeded_job(client, settings, keys.a)
+    grey = {"height": 8, "width": 8, "channels": 1, "has_images": True}
+
+    def dataset(headers: dict[str, str] = keys.a, **facts: object) -> str:
+        return ready_dataset(client, settings, headers, **{**grey, **facts})
+
+    other = dataset(keys.b)
+    assert _post_dataset(client, keys.a, job_id, {"dataset_id": other}).status_code == 404
+    assert _post_dataset(client, keys.a, job_id, {"dataset_id": "ds_unknown"}).status_code == 404
+    assert _post_dataset(client, keys.b, job_id, {"dataset_id": other}).status_code == 404  # B's, A's job
+    validating = upload(client, keys.a)["id"]
+    r = _post_dataset(client, keys.a, job_id, {"dataset_id": validating})
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "dataset_id", r.text
+    refused = upload(client, keys.a)["id"]
+    with session_scope(settings.database_url) as s:
+        s.execute(update(Dataset).where(Dataset.id == refused).values(status="invalid", reason="bad"))
+    cases = [
+        (refused, "dataset is invalid"),
+        (dataset(channels=3), "its images have 3 channel(s) but the job's images have 1"),
+        (dataset(height=16, width=12), "its images are 16x12 (HxW) but the job's images are 8x8"),
+        (dataset(count=16), "its 16 images, more than the limit of 15"),
+        (dataset(has_images=False, height=None), "the dataset has no images"),
+    ]
+    for ds_id, words in cases:
+        r = _post_dataset(client, keys.a, job_id, {"dataset_id": ds_id})
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, (words, r.text)
+        errors = r.json()["errors"]
+        assert [e["field"] for e in errors] == ["dataset_id"] and words in errors[0]["problem"], errors
+    for body, field in (({"dataset": "x"}, "dataset_id"), ({"dataset_id": "a/b"}, "dataset_id")):
+        r = _post_dataset(client, keys.a, job_id, body)
+        assert r.status_code == 422 and field in [e["field"] for e in r.json()["errors"]], r.text
+    assert _predictions(settings) == 0 and broker_tasks(settings, "predict") == []
+
+    large = dataset(count=SYNC_MAX + 1)
+    t0 = time.monotonic()
+    r = _post_dataset(client, keys.a, job_id, {"dataset_id": large})
+    assert r.status_code == 202 and time.monotonic() - t0 < settings.predict_sync_seconds, r.text
+    body = r.json()
+    assert body["status"] == "queued" and body["count"] == SYNC_MAX + 1 and body["dataset_id"] == large
+    assert r.headers["location"] == f"/v1/jobs/{job_id}/predictions/{body['id']}"
+    assert client.get(r.headers["location"], headers=keys.a).json()["dataset_id"] == large
+    with session_scope(settings.database_url) as s:
+        row, ds = s.get(Prediction, body["id"]), s.get(Dataset, large)
+        assert row is not None and ds is not None and row.path == ds.path and row.sha256 == ds.sha256
+    assert _stored_predictions(settings) == []  # nothing copied: the worker reads the dataset's file
+    assert broker_tasks(settings, "predict") == [("predictions.run", [body["id"]])]
+
+
+def test_a_dataset_prediction_the_worker_finds_invalid_names_dataset_id(
+    client: TestClient, keys: Keys, settings: Settings
+) -> None:
+    job_id = _succeeded_job(client, settings, keys.a)
+    ds_id = ready_dataset(client, settings, keys.a, height=8, width=8, channels=1, has_images=True, count=2)
+    client.app.state.settings = settings.model_copy(update={"predict_sync_seconds": 8.0})  # type: ignore[attr-defined]
+    problem = "images have 3 channel(s) but the job's images have 1"
+    worker = _finish_when_queued(settings, status="invalid", error=f"invalid_input: images: {problem}")
+    r = _post_dataset(client, keys.a, job_id, {"dataset_id": ds_id})
+    worker.join()
+    assert r.status_code == 422 and r.json()["errors"] == [
+        {"field": "dataset_id", "problem": f"images: {problem}"}
+    ]

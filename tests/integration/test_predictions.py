@@ -2,7 +2,9 @@
 small job's own images, predicted through HTTP and ruc_client, get exactly the refined assignments of
 its downloaded assignments.csv; a small request is answered at once (200), a large one (202) through
 its Location; an archive is read by the worker; images of another kind are a 422 naming the field;
-`ruc-service jobs predict` writes the same answers as CSV or JSON."""
+`ruc-service jobs predict` writes the same answers as CSV or JSON. A ready dataset's id predicts its
+images in place (the job's own dataset gives the job's assignments and stays the caller's); another
+owner's is a 404, one of another kind a 422 naming dataset_id, a deleted one fails the prediction."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from integration_support import Services, digits_npz, small_spec, wait_for
+from integration_support import Services, create_key, digits_npz, small_spec, wait_for
 from PIL import Image
 
 from ruc_client import ApiError, AsyncClient, Client, poll_job
@@ -55,6 +57,7 @@ def job(services: Services, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     rows = list(csv.DictReader(csv_path.read_text().splitlines()))
     return {
         "id": done.id,
+        "dataset_id": ds.id,
         "images": images,
         "refined": [int(r["refined_cluster"]) for r in rows],
         "artifacts": names,
@@ -166,3 +169,118 @@ def test_cli_predict_writes_csv_and_json_and_waits_only_when_asked(
     assert main([*predict, str(rgb)]) == 1  # 3 channels for a grey job: one line, exit 1
     err = capsys.readouterr().err
     assert err.startswith("error: 422 validation-error: images: ") and err.count("\n") == 1, err
+
+
+def test_a_ready_dataset_id_is_predicted_in_place(
+    services: Services,
+    job: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cli.main import main
+
+    rng = np.random.default_rng(0)
+    with (
+        Client(services.base_url, services.key) as client,
+        Client(services.base_url, create_key(services.database_url, "other-owner")) as other,
+    ):
+        # Uploaded first, validated while the job's own dataset is predicted.
+        few = client.upload_dataset(_npz(job["images"][:SMALL]), filename="few.npz").id
+        rgb = client.upload_dataset(
+            _npz(rng.integers(0, 256, (12, 8, 8, 3), np.uint8)), filename="rgb.npz"
+        ).id
+        theirs = other.upload_dataset(_npz(job["images"][:SMALL]), filename="theirs.npz").id
+        t0 = time.monotonic()
+        queued = client.submit_prediction(job["id"], dataset_id=job["dataset_id"])  # 300 > 256 images
+        accepted_s = time.monotonic() - t0
+        assert queued.status in ("queued", "running") and queued.count == N_IMAGES, queued
+        assert queued.dataset_id == job["dataset_id"]
+        whole = client.wait_prediction(job["id"], queued, timeout_s=60, interval_s=0.2)
+        done_s = time.monotonic() - t0
+        assert whole.assignments == job["refined"] and len(whole.probabilities or []) == N_IMAGES
+        assert client.get_dataset(job["dataset_id"]).status == "ready"  # read in place, never removed
+        assert list(services.data_dir.rglob(f"datasets/{job['dataset_id']}/*")) != []
+
+        for ds_id in (few, rgb):
+            assert client.wait_dataset(ds_id, timeout_s=60).status == "ready"
+        assert other.wait_dataset(theirs, timeout_s=60).status == "ready"
+        t0 = time.monotonic()
+        small = client.predict(job["id"], dataset_id=few)  # SMALL <= 256 images: answered at once (200)
+        sync_s = time.monotonic() - t0
+        assert small.count == SMALL and small.assignments == job["refined"][:SMALL]
+        with pytest.raises(ApiError) as err:
+            client.predict(job["id"], dataset_id=theirs)
+        assert err.value.status == 404
+        with pytest.raises(ApiError) as err:
+            client.predict(job["id"], dataset_id=rgb)
+        assert err.value.status == 422 and [e.field for e in err.value.errors] == ["dataset_id"]
+        assert "3 channel(s) but the job's images have 1" in err.value.errors[0].problem
+
+        async def async_predict() -> Any:
+            async with AsyncClient(services.base_url, services.key) as aclient:
+                return await aclient.predict(job["id"], dataset_id=few, interval_s=0.2)
+
+        assert asyncio.run(async_predict()).assignments == job["refined"][:SMALL]
+    with capsys.disabled():  # the figures, outside the capture the CLI's checks below read
+        print(
+            f"dataset id: {N_IMAGES} images 202 after {accepted_s:.2f} s, succeeded after {done_s:.2f} s; ",
+            end="",
+        )
+        print(f"{SMALL} images answered in {sync_s:.2f} s (200)")
+
+    monkeypatch.setenv("RUC_API_URL", services.base_url)
+    monkeypatch.setenv("RUC_API_KEY", services.key)
+    capsys.readouterr()
+    assert main(["jobs", "predict", job["id"], "--dataset", few]) == 0
+    assert json.loads(capsys.readouterr().out)["assignments"] == job["refined"][:SMALL]
+    assert main(["jobs", "predict", job["id"], "--dataset", rgb]) == 1
+    assert capsys.readouterr().err.startswith("error: 422 validation-error: dataset_id: ")
+
+
+def test_a_dataset_deleted_while_its_prediction_is_queued_fails_it(
+    services: Services, job: dict[str, Any], redis_url: str
+) -> None:
+    """The row the API inserts for a dataset id, queued, then the dataset deleted before the worker
+    reads it: the worker ends the prediction failed (dataset_deleted), it is never stuck."""
+    from api.queue import enqueue
+    from service.db.crud import predictions as crud
+    from service.db.models import Dataset, Job, new_id
+    from service.db.session import session_scope
+    from service.settings import Settings
+    from service.task_names import TASK_PREDICT
+
+    with Client(services.base_url, services.key) as client:
+        ds = client.wait_dataset(
+            client.upload_dataset(_npz(job["images"][:4]), filename="gone.npz").id, timeout_s=60
+        )
+        assert ds.status == "ready", ds.reason
+        prediction_id = new_id("pred")
+        with session_scope(services.database_url) as s:
+            row = s.get(Dataset, ds.id)
+            job_row = s.get(Job, job["id"])
+            assert row is not None and job_row is not None
+            crud.create_prediction(
+                s,
+                prediction_id=prediction_id,
+                job_id=job["id"],
+                owner_id=job_row.owner_id,
+                filename=row.filename,
+                size=row.size,
+                sha256=row.sha256,
+                path=row.path,
+                count=4,
+                dataset_id=ds.id,
+            )
+        client.delete_dataset(ds.id)
+        settings = Settings(
+            data_dir=services.data_dir, database_url=services.database_url, broker_url=redis_url
+        )
+        enqueue(settings, TASK_PREDICT, [prediction_id])
+
+        def ended() -> Any:
+            got = client.get_prediction(job["id"], prediction_id)
+            return got if got.finished else None
+
+        failed = wait_for(ended, 30, 0.2, "the prediction of a deleted dataset")
+    assert failed.status == "failed" and failed.error_code == "dataset_deleted", failed
+    assert failed.error == f"dataset {ds.id} was deleted before the prediction read it"

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.client_errors import WORKER_LOST, format_error
 from service.db.clock import db_now
-from service.db.models import Artifact, Job, Prediction, is_valid_id, utcnow
+from service.db.models import Artifact, Dataset, Job, Prediction, is_valid_id, utcnow
 
 ENSEMBLE_ARTIFACT = "refined_ensemble.safetensors"
 RUNNABLE = ("queued", "running")
@@ -35,6 +35,7 @@ def create_prediction(
     sha256: str,
     path: str,
     count: int | None,
+    dataset_id: str | None = None,
 ) -> Prediction:
     now = utcnow()
     row = Prediction(
@@ -47,6 +48,7 @@ def create_prediction(
         sha256=sha256,
         path=path,
         count=count,
+        dataset_id=dataset_id,
         attempts=0,
         created_at=now,
         updated_at=now,
@@ -76,7 +78,10 @@ def ensemble_artifact(session: Session, job_id: str) -> Artifact | None:
 @dataclass(frozen=True)
 class PredictionStart:
     """outcome: ``started`` (attempt n), ``missing`` (no row), ``decided`` (already final),
-    ``exhausted`` (failed now: ``attempt`` earlier deliveries ended without an outcome)."""
+    ``exhausted`` (failed now: ``attempt`` earlier deliveries ended without an outcome).
+
+    dataset_id: the caller's dataset the prediction reads (its file is theirs: never removed); path is
+    then that dataset's file, or "" once the dataset was deleted (or is no longer ready)."""
 
     outcome: StartOutcome
     attempt: int = 0
@@ -84,6 +89,17 @@ class PredictionStart:
     job_result: dict[str, Any] | None = None
     ensemble_path: str | None = None
     ensemble_sha256: str | None = None
+    dataset_id: str | None = None
+
+
+def _input_path(session: Session, row: Prediction) -> str:
+    """The file a prediction reads: its upload, or its dataset's file ("" when that dataset is gone)."""
+    if row.dataset_id is None:
+        return row.path
+    dataset = session.get(Dataset, row.dataset_id)
+    if dataset is None or dataset.owner_id != row.owner_id or dataset.status != "ready":
+        return ""
+    return dataset.path
 
 
 def lost_error(attempts: int) -> str:
@@ -110,16 +126,17 @@ def start_prediction(session: Session, prediction_id: str, *, max_attempts: int)
         if row.status not in RUNNABLE:
             return PredictionStart("decided", row.attempts)
         finish_prediction(session, prediction_id, status="failed", error=lost_error(row.attempts))
-        return PredictionStart("exhausted", row.attempts, row.path)
+        return PredictionStart("exhausted", row.attempts, row.path, dataset_id=row.dataset_id)
     job = session.get(Job, row.job_id)
     artifact = ensemble_artifact(session, row.job_id)
     return PredictionStart(
         "started",
         row.attempts,
-        row.path,
+        _input_path(session, row),
         job.result if job is not None else None,
         artifact.path if artifact is not None else None,
         artifact.sha256 if artifact is not None else None,
+        row.dataset_id,
     )
 
 

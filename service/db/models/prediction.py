@@ -19,7 +19,8 @@ class Prediction(Base):
     ``queued`` -> ``running`` (each delivery counts an attempt) -> ``succeeded`` (``result`` holds
     the assignments and probabilities) | ``invalid`` (the images do not fit the job: ``error``
     names the field) | ``failed`` (``error``: a stable code and a client message). The uploaded file
-    is removed once the prediction has ended.
+    is removed once the prediction has ended; a ``dataset_id`` prediction reads the caller's dataset,
+    which stays theirs.
     """
 
     __tablename__ = "predictions"
@@ -35,7 +36,12 @@ class Prediction(Base):
     filename: Mapped[str] = mapped_column(String(255), doc="client's file name, sanitised; display only")
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
-    path: Mapped[str] = mapped_column(String(500), doc="the upload, relative to Settings.storage_dir")
+    path: Mapped[str] = mapped_column(
+        String(500), doc="the upload (or the dataset's file), relative to Settings.storage_dir"
+    )
+    dataset_id: Mapped[str | None] = mapped_column(
+        String(40), default=None, doc="the caller's dataset predicted (its file is theirs, never removed)"
+    )
     count: Mapped[int | None] = mapped_column(
         Integer, default=None, doc="images in the request: from the .npz header, else once read"
     )
