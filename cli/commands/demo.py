@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from cli.stack import EmbeddedStack, free_port
@@ -143,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
     stack = EmbeddedStack(port=free_port(), data_dir=data_dir, log_dir=data_dir / "logs")
     print(f"starting the embedded service in {data_dir} ...", flush=True)
     code = 0
+    # SIGTERM (timeout, a supervisor, `kill`) stops the demo as Ctrl-C does: the stack is stopped and
+    # the temporary data dir removed, instead of leaving a worker in Celery's warm shutdown.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         stack.start()
         stack.wait_ready()
@@ -159,7 +164,12 @@ def run(args: argparse.Namespace) -> int:
         code = 1
         temp = False
     finally:
+        signal.signal(signal.SIGTERM, previous)
         stack.stop()
         if temp:
             shutil.rmtree(data_dir, ignore_errors=True)
     return code
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

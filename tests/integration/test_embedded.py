@@ -120,3 +120,45 @@ def test_up_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:
     while any(alive(p) for p in family) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [p for p in family if alive(p)], "children left behind"
+
+
+def test_demo_stopped_by_sigterm_mid_job_stops_its_stack_and_cleans_up(tmp_path: Path) -> None:
+    """`timeout`, a supervisor or `kill` end the demo as Ctrl-C does: within the stack's grace
+    period, exit code 130, no process left, the temporary data dir removed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUC_")}
+    env.update({"OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)})
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out:
+        demo = subprocess.Popen(
+            [*CLI, "demo", "--epochs", "30"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    family: set[int] = set()
+    try:
+        wait_for(
+            lambda: (
+                "submitted job" in log.read_text(errors="replace")
+                or (demo.poll() is not None and pytest.fail(f"demo exited:\n{log.read_text()}"))
+            ),
+            180,
+            0.3,
+            "the demo's job",
+        )
+        family = descendants(demo.pid)
+        assert len(family) >= 3, family
+        data_dirs = list(tmp_path.glob("ruc-demo-*"))
+        assert len(data_dirs) == 1
+        demo.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = demo.wait(timeout=60)
+        stopped_in = time.monotonic() - started
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    print(f"demo stopped {stopped_in:.1f} s after SIGTERM")
+    text = log.read_text(errors="replace")
+    assert code == 130 and "interrupted" in text, text[-3000:]
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in family) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in family if alive(p)], "children left behind"
+    assert not data_dirs[0].exists()
