@@ -286,8 +286,9 @@ class Client:
         interval_s: float = 0.5,
     ) -> Prediction:
         """Assign the images of ``file`` (a path, bytes or a binary file: ``.npz`` with ``images``
-        uint8 (N, H, W, C), or an image-folder archive, as the job's dataset), or every image of your
-        ready dataset ``dataset_id`` (one of the two), with the job's refined model. A small request
+        uint8 (N, H, W, C), or an image-folder archive, as the job's dataset; a feature job: ``.npz``
+        with its feature array, float (N, D)), or every image of your ready dataset ``dataset_id``
+        (one of the two), with the job's refined model. A small request
         is answered at once (200); a larger one (202) is polled every ``interval_s`` until it ends.
         Returns the succeeded ``Prediction`` (``assignments``, ``probabilities``); images that do not
         fit the job raise ``ApiError`` (422, ``errors`` name the field: ``dataset_id`` for a

@@ -1,5 +1,6 @@
 """Run one prediction: start its attempt, read the images with core's dataset readers under limits
-derived from the job, assign them with the job's ``core.predict.Predictor``, record the outcome.
+derived from the job (a feature job: only its feature array, ``core.predict.inputs.read_features``),
+assign them with the job's ``core.predict.Predictor``, record the outcome.
 
 Every delivery of ``predictions.run`` starts an attempt (``service.db.crud.predictions``); the
 outcome is ``succeeded`` (assignments and probabilities), ``invalid`` (the images break a rule:
@@ -18,13 +19,13 @@ import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from core.datasets.limits import ArchiveLimits
 from core.errors import CoreInputError
-from core.predict.inputs import job_images, prediction_limits
+from core.predict.inputs import JobInputs, input_limits, job_inputs, read_features
 from service.client_errors import DATASET_DELETED, TIME_LIMIT_EXCEEDED, format_error, stored_error
 from service.db.crud import predictions as crud
 from service.db.crud.predictions import PredictionStart
@@ -32,6 +33,9 @@ from service.db.session import session_scope
 from service.settings import Settings, get_settings
 from service.storage import ObjectNotFound, get_storage
 from worker.db_retry import OUTCOME_RETRY_DELAYS, with_db_retry, write_telemetry
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +104,25 @@ def _device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _assign(prediction_id: str, start: PredictionStart, settings: Settings, device: str | None) -> Outcome:
-    """Read, check and assign; (status, stored error, result). Raises only what the caller maps."""
+def _read_inputs(upload: Path, wanted: JobInputs, limits: ArchiveLimits) -> torch.Tensor:
+    """The images of the upload, or a feature job's finite float32 (N, D) rows, as a tensor."""
+    import torch
+
+    if wanted.feature_key is not None:
+        return torch.from_numpy(read_features(upload, wanted, limits))
     from core.datasets import load_dataset
 
+    images = load_dataset(upload, limits=limits).images
+    if images is None:  # an .npz of features only
+        raise CoreInputError(wanted.field, "missing: the file holds no images (only feature arrays)")
+    return images
+
+
+def _assign(prediction_id: str, start: PredictionStart, settings: Settings, device: str | None) -> Outcome:
+    """Read, check and assign; (status, stored error, result). Raises only what the caller maps."""
     if start.job_result is None or start.ensemble_path is None or start.ensemble_sha256 is None:
         raise RuntimeError(f"prediction {prediction_id}: its job has no result or no refined ensemble")
-    wanted = job_images(
+    wanted = job_inputs(
         start.job_result, max_images=settings.predict_max_images, max_values=settings.predict_max_values
     )
     # A remote store's files are read from copies in this prediction's scratch folder (removed when
@@ -116,17 +132,17 @@ def _assign(prediction_id: str, start: PredictionStart, settings: Settings, devi
     ensemble = get_storage(settings).local_copy(start.ensemble_path, cache)
     # A dataset id was validated under the default limits (as a job reads it): arrays beside its images
     # (labels, features) may exceed what a prediction upload of that many images is allowed.
-    limits = ArchiveLimits() if start.dataset_id else prediction_limits(wanted.image_shape, wanted.max_images)
-    dataset = load_dataset(upload, limits=limits)
+    limits = ArchiveLimits() if start.dataset_id else input_limits(wanted)
+    inputs = _read_inputs(upload, wanted, limits)
     predictor = _predictor(ensemble, start.ensemble_sha256, _device(device), wanted.image_shape)
-    count = predictor.check(dataset.images, max_images=wanted.max_images)
+    count = predictor.check(inputs, max_images=wanted.max_images, field=wanted.field)
 
     def record() -> None:
         with session_scope(settings.database_url) as s:
             crud.record_count(s, prediction_id, count)
 
     write_telemetry(record, what=f"prediction {prediction_id} count")
-    probs = predictor.predict(dataset.images).numpy()
+    probs = predictor.predict(inputs).numpy()
     result = {
         "assignments": probs.argmax(axis=1).tolist(),
         "probabilities": probs.astype("float64").round(PROBABILITY_DECIMALS).tolist(),

@@ -20,8 +20,9 @@ class PredictionCreate(BaseModel):
     dataset_id: str = Field(
         pattern=ID_PATTERN,
         max_length=40,
-        description="a ready dataset of yours whose images have the job's height, width and channels; "
-        "it stays yours (the prediction never removes it)",
+        description="a ready dataset of yours whose images have the job's height, width and channels "
+        "(a feature job: with the job's feature space and D); it stays yours (the prediction never "
+        "removes it)",
         examples=["ds_01jd5x7h3b5c9d0e1f2g3h4j5k"],
     )
 

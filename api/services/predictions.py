@@ -3,12 +3,13 @@ datasets), check an ``.npz`` header (or the dataset's facts) against the job, in
 enqueue; then a small request waits for its outcome.
 
 Only the header of an ``.npz`` is read here (``core.predict.inputs``, no torch): its image count,
-size, channels and dtype decide at once between a 422 naming the field, a 202 (more images than
-``predict_sync_max_images``) and waiting. Archives are read only by the worker, which records the
-count it found. A dataset id is checked from the facts its validation recorded, with the same rules
-(a 422 naming ``dataset_id``), and its count decides the same way. Waiting polls the row (one
-primary-key read per poll, on a short session) until it ends, until a count over the sync bound
-appears, or until ``predict_sync_seconds`` have passed.
+size, channels and dtype (a feature job: its feature array's rows, D and dtype) decide at once
+between a 422 naming the field, a 202 (more rows than ``predict_sync_max_images``) and waiting.
+Archives are read only by the worker, which records the count it found. A dataset id is checked
+from the facts its validation recorded, with the same rules (a 422 naming ``dataset_id``), and its
+count decides the same way. Waiting polls the row (one primary-key read per poll, on a short
+session) until it ends, until a count over the sync bound appears, or until
+``predict_sync_seconds`` have passed.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from api.queue import EnqueueError, enqueue
 from api.schemas.predictions import PredictionCreate
 from api.uploads import StoredUpload, receive_upload
 from core.errors import CoreInputError
-from core.predict.inputs import JobImages, check_prediction_shape, inspect_npz, job_images
+from core.predict.inputs import (
+    JobInputs,
+    check_prediction_shape,
+    dataset_feature_rows,
+    inspect_npz,
+    job_inputs,
+    require_npz,
+)
 from service.client_errors import public_error, public_reason
 from service.db.crud import datasets as datasets_crud
 from service.db.crud import jobs as jobs_crud
@@ -51,8 +59,9 @@ DATASET_FIELD = "dataset_id"
 MAX_JSON_BODY_BYTES = 16 * 1024
 
 
-def _job_images(session: Session, settings: Settings, owner_id: str, job_id: str) -> JobImages:
-    """What the images must match; 404 for another owner's job, 409 until it has succeeded."""
+def _job_inputs(session: Session, settings: Settings, owner_id: str, job_id: str) -> JobInputs:
+    """What the images (or a feature job's rows) must match; 404 for another owner's job, 409 until
+    it has succeeded."""
     job = jobs_crud.get_job(session, owner_id, job_id)
     if job is None:
         raise not_found("job", job_id)
@@ -61,20 +70,21 @@ def _job_images(session: Session, settings: Settings, owner_id: str, job_id: str
             409, f"job is {job.status}; predictions need a succeeded job's refined model", slug="not-finished"
         )
     try:
-        return job_images(
+        return job_inputs(
             job.result, max_images=settings.predict_max_images, max_values=settings.predict_max_values
         )
     finally:
         session.rollback()  # end the read transaction before the (long) stream
 
 
-def _count(path: Path | None, wanted: JobImages) -> int | None:
-    """The image count of an ``.npz`` from its header (CoreInputError naming the field); None for an
-    archive, or for a file in a remote store, whose images only the worker reads."""
+def _count(name: str, path: Path | None, wanted: JobInputs) -> int | None:
+    """The row count of an ``.npz`` (stored as ``name``) from its header (CoreInputError naming the
+    field); None for an archive, or for a file in a remote store, whose images only the worker reads."""
+    require_npz(name, wanted)
     if path is None or not path.name.endswith(".npz"):
         return None
     try:
-        return inspect_npz(path, image_shape=wanted.image_shape, max_images=wanted.max_images)
+        return inspect_npz(path, wanted)
     except CoreInputError:
         raise
     except Exception as exc:  # a reader error core does not name: the file is simply unreadable
@@ -142,9 +152,9 @@ async def read_dataset_request(request: Request) -> PredictionCreate:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
-def _dataset_count(dataset: Dataset, wanted: JobImages) -> int:
-    """The image count of a ready dataset whose facts fit the job (the inline path's rules), else a
-    CoreInputError naming ``dataset_id``; 409 while it is still validating."""
+def _dataset_count(dataset: Dataset, wanted: JobInputs) -> int:
+    """The image (or feature row) count of a ready dataset whose facts fit the job (the inline path's
+    rules), else a CoreInputError naming ``dataset_id``; 409 while it is still validating."""
     if dataset.status == "validating":
         raise field_error(
             409, DATASET_FIELD, "dataset is validating; wait until it is ready", slug="not-ready"
@@ -153,6 +163,11 @@ def _dataset_count(dataset: Dataset, wanted: JobImages) -> int:
         why = f" ({public_reason(dataset.reason)})" if dataset.reason else ""
         raise CoreInputError(DATASET_FIELD, f"dataset is {dataset.status}{why}")
     facts = dataset.facts or {}
+    if wanted.feature_key is not None:
+        try:
+            return dataset_feature_rows(facts, wanted)
+        except CoreInputError as exc:  # the problem names the array, as the worker's would
+            raise CoreInputError(DATASET_FIELD, f"{exc.field}: {exc.problem}") from None
     if not facts.get("has_images", True) or facts.get("height") is None:
         raise CoreInputError(DATASET_FIELD, "the dataset has no images (only precomputed features)")
     shape = (int(facts["count"]), int(facts["height"]), int(facts["width"]), int(facts["channels"]))
@@ -165,7 +180,7 @@ def _dataset_count(dataset: Dataset, wanted: JobImages) -> int:
 def _insert_dataset_row(
     session: Session, settings: Settings, owner_id: str, job_id: str, dataset_id: str
 ) -> Prediction:
-    wanted = _job_images(session, settings, owner_id, job_id)
+    wanted = _job_inputs(session, settings, owner_id, job_id)
     dataset = datasets_crud.get_dataset(session, owner_id, dataset_id)
     if dataset is None:
         session.rollback()
@@ -212,7 +227,7 @@ async def accept_prediction(
     """Store the images, check what can be checked without the data, insert the queued row, commit,
     enqueue ``predictions.run``. 422 naming the field for images that cannot fit the job; 503 (row and
     file removed) when the broker refuses the message."""
-    wanted = await run_in_threadpool(_job_images, session, settings, owner_id, job_id)
+    wanted = await run_in_threadpool(_job_inputs, session, settings, owner_id, job_id)
     row_id = new_id("pred")
     relative_dir = f"jobs/{job_id}/predictions/{row_id}"
     storage = get_storage(settings)
@@ -226,7 +241,8 @@ async def accept_prediction(
         chunk_bytes=settings.upload_chunk_bytes,
     )
     try:
-        count = await run_in_threadpool(_count, storage.local_path(stored.relative_path), wanted)
+        local = storage.local_path(stored.relative_path)
+        count = await run_in_threadpool(_count, Path(stored.relative_path).name, local, wanted)
         row = await run_in_threadpool(_insert, session, row_id, job_id, owner_id, stored, count)
     except CoreInputError as exc:
         await run_in_threadpool(storage.delete_prefix, relative_dir)

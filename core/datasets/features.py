@@ -60,21 +60,33 @@ def feature_keys(keys: list[str]) -> dict[str, str]:
     return {s: spaces[s] for s in ordered_spaces(spaces)}
 
 
-def check_features(values: np.ndarray, field: str, *, max_dim: int) -> np.ndarray:
-    """Float (N, D), N >= 1, 1 <= D <= max_dim, every value finite in float32. Returns float32 (N, D).
+def check_features_header(
+    dtype: np.dtype, shape: tuple[int, ...], field: str, *, max_dim: int
+) -> tuple[int, int]:
+    """The rules of ``check_features`` that dtype and shape alone decide (an ``.npy`` header
+    suffices): float, 2-D, N >= 1, 1 <= D <= max_dim. Returns (N, D).
 
     Integer arrays are refused: an embedding is float, and integer data is more likely images or
-    labels under the wrong key. Values beyond float32's range count as non-finite.
+    labels under the wrong key.
     """
-    if not np.issubdtype(values.dtype, np.floating):
-        raise CoreInputError(field, f"must be a float array (N, D), got dtype {values.dtype}")
-    if values.ndim != 2:
-        raise CoreInputError(field, f"must be 2-D (N, D), got shape {values.shape}")
-    n, d = values.shape
+    if not np.issubdtype(dtype, np.floating):
+        raise CoreInputError(field, f"must be a float array (N, D), got dtype {dtype}")
+    if len(shape) != 2:
+        raise CoreInputError(field, f"must be 2-D (N, D), got shape {tuple(shape)}")
+    n, d = (int(x) for x in shape)
     if n == 0:
         raise CoreInputError(field, "is empty (0 rows)")
     if d == 0 or d > max_dim:
         raise CoreInputError(field, f"has {d} dimensions; 1 to {max_dim} are allowed")
+    return n, d
+
+
+def check_features(values: np.ndarray, field: str, *, max_dim: int) -> np.ndarray:
+    """Float (N, D), N >= 1, 1 <= D <= max_dim, every value finite in float32. Returns float32 (N, D).
+
+    Values beyond float32's range count as non-finite.
+    """
+    check_features_header(values.dtype, values.shape, field, max_dim=max_dim)
     with np.errstate(over="ignore"):
         out = values.astype(np.float32, copy=False)
     bad = int(np.count_nonzero(~np.isfinite(out)))

@@ -169,18 +169,11 @@ def _build_runtime(
     perf: PerfOptions | None,
 ) -> Runtime:
     dev = images.device
-    channels_last, autocast_dtype = resolve_perf(dev, spec, perf)
-    views: Views
-    if is_feature_input(images):
-        channels_last = False  # a (B, D) matrix has no channels
-        if dev.type == "cpu" and (perf is None or perf.autocast_dtype is None):
-            # MLP heads are small matmuls: casting weights to bf16 at every call costs more than it
-            # saves (CPU with native bf16, 200 x 768 -> 512 -> 10 forward + backward: 125 ms
-            # bf16 vs 85 ms float32 of CPU time), so a feature job's CPU default is float32.
-            autocast_dtype = None
-        views = FeatureViews.of(images, spec.feature_views)
-    else:
-        views = ImageViews(spec, channels_last)
+    features = is_feature_input(images)
+    channels_last, autocast_dtype = resolve_perf(dev, spec, perf, features=features)
+    views: Views = (
+        FeatureViews.of(images, spec.feature_views) if features else ImageViews(spec, channels_last)
+    )
     in_channels = images.shape[3] if images.dim() == 4 else 0
     n_nets = 2 if spec.co_training else 1
     nets = []

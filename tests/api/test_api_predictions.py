@@ -1,6 +1,7 @@
 """POST /v1/jobs/{id}/predictions on SQLite and Postgres without a worker: every check the API makes
 before queuing (a 422 naming the field, 404, 409, 413, 415), the two 202 routes, and the answers a
-worker's outcome gives a request that is still waiting (200 with the result, 422 naming the field)."""
+worker's outcome gives a request that is still waiting (200 with the result, 422 naming the field).
+A feature job's rows are checked the same way by the name of its feature array (``features_clip``)."""
 
 from __future__ import annotations
 
@@ -279,3 +280,101 @@ def test_a_dataset_prediction_the_worker_finds_invalid_names_dataset_id(
     assert r.status_code == 422 and r.json()["errors"] == [
         {"field": "dataset_id", "problem": f"images: {problem}"}
     ]
+
+
+# A feature job's result: its MLP heads read the 4-dimensional space "clip" (npz array features_clip).
+FEATURE_RESULT = {
+    **RESULT_EXAMPLE,
+    "dataset": {**RESULT_EXAMPLE["dataset"], "height": None, "width": None, "channels": None},
+    "base_info": {
+        **RESULT_EXAMPLE["base_info"],
+        "input": "features",
+        "backbone": "mlp",
+        "feature_space": {"name": "clip", "dim": 4, "mean_std": 1.0},
+    },
+}
+CLIP = "features_clip"
+
+
+def _feature_job(client: TestClient, settings: Settings, headers: dict[str, str]) -> str:
+    job_id = _succeeded_job(client, settings, headers)
+    with session_scope(settings.database_url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(result=FEATURE_RESULT))
+    return job_id
+
+
+def _rows(n: int, d: int = 4, dtype: Any = np.float32, key: str = CLIP) -> bytes:
+    return _npz(**{key: np.ones((n, d), dtype)})
+
+
+def test_a_feature_jobs_rows_are_checked_from_the_header_by_array_name(
+    client: TestClient, keys: Keys, settings: Settings
+) -> None:
+    job_id = _feature_job(client, settings, keys.a)
+    cases = [
+        (_rows(3, d=5), "has 5 dimensions but the job's feature space has 4"),
+        (_rows(16), "16 rows, more than the limit of 15"),  # K x 16 > MAX_VALUES
+        (_rows(0), "is empty"),
+        (_rows(3, dtype=np.int32), "must be a float array (N, D), got dtype int32"),
+        (_npz(**{CLIP: np.ones((3, 4, 1), np.float32)}), "must be 2-D (N, D)"),
+        (_rows(3, key="features"), "missing: this job's networks read the feature array 'features_clip'"),
+        (_images(3), "(found keys: images)"),
+    ]
+    for data, words in cases:
+        r = _post(client, keys.a, job_id, data)
+        assert r.status_code == 422, (words, r.text)
+        errors = r.json()["errors"]
+        assert [e["field"] for e in errors] == [CLIP] and words in errors[0]["problem"], (words, errors)
+    r = _post(client, keys.a, job_id, b"PK\x03\x04", name="x.zip")  # read only by the worker for images
+    assert r.status_code == 422 and r.json()["errors"][0] == {
+        "field": CLIP,
+        "problem": "a feature job's inputs are an .npz array; an image archive has none",
+    }
+    assert _predictions(settings) == 0 and _stored_predictions(settings) == []
+    assert broker_tasks(settings, "predict") == []
+
+    half, wide = (
+        _post(client, keys.a, job_id, _rows(3, dtype=np.float16)),
+        _post(client, keys.a, job_id, _rows(SYNC_MAX + 1, dtype=np.float64)),
+    )
+    assert (half.status_code, half.json()["count"]) == (202, 3), half.text
+    assert (wide.status_code, wide.json()["count"]) == (202, SYNC_MAX + 1), wide.text
+    assert len(broker_tasks(settings, "predict")) == 2
+
+
+def test_a_feature_jobs_dataset_id_is_checked_from_its_feature_spaces(
+    client: TestClient, keys: Keys, settings: Settings
+) -> None:
+    job_id = _feature_job(client, settings, keys.a)
+
+    def dataset(**spaces: int) -> str:
+        return ready_dataset(client, settings, keys.a, count=3, has_images=False, feature_spaces=spaces)
+
+    cases = [
+        (dataset(clip=5), f"{CLIP}: has 5 dimensions but the job's feature space has 4"),
+        (dataset(dino=4), f"{CLIP}: missing: the dataset has no feature space 'clip' (it has: dino)"),
+        (ready_dataset(client, settings, keys.a, height=8, width=8, channels=1), "(it has: none)"),
+        (
+            ready_dataset(client, settings, keys.a, count=16, feature_spaces={"clip": 4}),
+            f"{CLIP}: 16 rows, more than the limit of 15",
+        ),
+    ]
+    for ds_id, words in cases:
+        r = _post_dataset(client, keys.a, job_id, {"dataset_id": ds_id})
+        assert r.status_code == 422, (words, r.text)
+        errors = r.json()["errors"]
+        assert [e["field"] for e in errors] == ["dataset_id"] and words in errors[0]["problem"], errors
+    assert _predictions(settings) == 0
+    r = _post_dataset(client, keys.a, job_id, {"dataset_id": dataset(dino=8, clip=4)})
+    assert (r.status_code, r.json()["count"]) == (202, 3), r.text
+
+    # Non-finite values are found by the worker, which names the array as the API does.
+    client.app.state.settings = settings.model_copy(update={"predict_sync_seconds": 8.0})  # type: ignore[attr-defined]
+    problem = "1 non-finite value (NaN, inf or beyond float32; first in row 2)"
+    with session_scope(settings.database_url) as s:  # the queued one above ends first
+        assert crud.start_prediction(s, r.json()["id"], max_attempts=3).outcome == "started"
+        assert crud.finish_prediction(s, r.json()["id"], status="succeeded", result={"assignments": []})
+    worker = _finish_when_queued(settings, status="invalid", error=f"invalid_input: {CLIP}: {problem}")
+    r = _post(client, keys.a, job_id, _rows(3))
+    worker.join()
+    assert r.status_code == 422 and r.json()["errors"] == [{"field": CLIP, "problem": problem}]

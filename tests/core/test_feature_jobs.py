@@ -22,6 +22,8 @@ from core.models import FeatureClusteringModel
 from core.pipeline import load_ensemble, run_job
 from core.pipeline.base_cache import base_fingerprint, load_base
 from core.pipeline.layout import BASE_CACHE
+from core.predict.inputs import input_limits, job_inputs, read_features
+from core.predict.predictor import Predictor
 from core.ruc import train_ruc
 from core.spec import JobSpec, RefineSpec, resolve_inputs
 
@@ -214,6 +216,7 @@ def test_feature_job_end_to_end_artifacts_and_base_cache(tmp_path: Path) -> None
     with torch.no_grad():
         probs = torch.stack([torch.softmax(n(ds.features["emb"]), 1) for n in nets]).mean(0)
     assert probs.argmax(1).tolist() == _refined_clusters(tmp_path)
+    _predicts_its_own_rows(first, tmp_path, ds.features["emb"])
     # the base cache a resumed job reads rebuilds the feature network with its statistics
     fingerprint = base_fingerprint(spec, ds, {})
     cached = load_base(tmp_path / BASE_CACHE, fingerprint, torch.device("cpu"))
@@ -224,6 +227,25 @@ def test_feature_job_end_to_end_artifacts_and_base_cache(tmp_path: Path) -> None
     assert torch.allclose(cached_probs, cached.probs, atol=1e-5)
     other = spec.model_copy(update={"refine": spec.refine.model_copy(update={"feature_hidden_dim": 16})})
     assert base_fingerprint(other, ds, {}) != fingerprint  # the base network's width is part of it
+
+
+def _predicts_its_own_rows(result: dict[str, Any], work_dir: Path, x: torch.Tensor) -> None:
+    """The Predictor of a feature job reads the rows of its array (``features_emb``) as the job did."""
+    wanted = job_inputs(result, max_images=1000, max_values=10**6)
+    assert (wanted.field, wanted.feature_dim, wanted.image_shape) == ("features_emb", 8, None)
+    upload = work_dir / "rows.npz"
+    np.savez(upload, features_emb=x.double().numpy(), images=np.zeros((3, 4, 4, 1), np.uint8))
+    rows = torch.from_numpy(read_features(upload, wanted, input_limits(wanted)))
+    predictor = Predictor.load(work_dir / "refined_ensemble.safetensors")
+    assert (predictor.feature_dim, predictor.channels_last, predictor.autocast_dtype) == (8, False, None)
+    assert predictor.check(rows, max_images=wanted.max_images, field=wanted.field) == x.shape[0]
+    assert predictor.predict(rows).argmax(1).tolist() == _refined_clusters(work_dir)
+    bad = x.numpy().copy()
+    bad[5, 1] = np.inf
+    np.savez(upload, features_emb=bad)
+    with pytest.raises(CoreInputError) as err:
+        read_features(upload, wanted, input_limits(wanted))
+    assert (err.value.field, "first in row 5" in err.value.problem) == ("features_emb", True)
 
 
 def _refined_clusters(work_dir: Path) -> list[int]:
