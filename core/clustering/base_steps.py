@@ -121,11 +121,12 @@ def fit_base_network(
             if idx.numel() < 2:
                 break
             x = augment(images01[idx], gen) if augment else weak_augment(images01[idx], generator=gen)
-            lo, hi, weight = share(idx.numel())
-            if hi - lo == idx.numel() and weight == 1.0:
+            row_lo, row_hi, weight = share(idx.numel())
+            if row_hi - row_lo == idx.numel() and weight == 1.0:
                 loss = F.cross_entropy(model(x), targets[idx])
             else:  # this rank's share of the batch mean
-                part = F.cross_entropy(model(x[lo:hi]), targets[idx[lo:hi]], reduction="sum")
+                rows = slice(row_lo, row_hi)
+                part = F.cross_entropy(model(x[rows]), targets[idx[rows]], reduction="sum")
                 loss = part * weight / idx.numel()
             opt.zero_grad(set_to_none=True)
             loss.backward()
