@@ -135,6 +135,95 @@ async def _abort(out: ObjectWriter | None) -> None:
             await run_in_threadpool(out.abort)
 
 
+def _multipart_boundary(request: Request, max_bytes: int) -> bytes:
+    """The multipart boundary; 415 for another content type, 413 for a declared length over the limit."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if ctype != b"multipart/form-data" or not boundary:
+        raise field_error(
+            415,
+            FILE_FIELD,
+            "send multipart/form-data with the upload in a 'file' part",
+            slug="unsupported-media-type",
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD_BYTES:
+        raise _too_large(max_bytes)
+    return boundary
+
+
+def _parser(boundary: bytes, state: _State) -> MultipartParser:
+    return MultipartParser(
+        boundary,
+        callbacks={
+            "on_part_begin": state.on_part_begin,
+            "on_part_data": state.on_part_data,
+            "on_part_end": state.on_part_end,
+            "on_header_field": state.on_header_field,
+            "on_header_value": state.on_header_value,
+            "on_header_end": state.on_header_end,
+            "on_headers_finished": state.on_headers_finished,
+        },
+    )
+
+
+@dataclass
+class _Sink:
+    """The store's writer, opened at the first write (the suffix is known by then), and the hash."""
+
+    storage: Storage
+    key_stem: str  # relative_dir/stem; the key is this plus the file's suffix
+    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+    out: ObjectWriter | None = None
+
+    def open(self, suffix: str) -> ObjectWriter:
+        if self.out is None:
+            self.out = self.storage.writer(f"{self.key_stem}{suffix}")
+        return self.out
+
+    async def flush(self, state: _State) -> None:
+        """Write and clear ``state.pending``."""
+        out = self.open(state.suffix)
+        data, state.pending = bytes(state.pending), bytearray()
+        await run_in_threadpool(_append, out, self.hasher, data)
+
+
+async def _stream_body(
+    request: Request, parser: MultipartParser, state: _State, sink: _Sink, *, max_bytes: int, chunk_bytes: int
+) -> None:
+    """Feed the body to the parser, writing the file part out every ``chunk_bytes`` and at its end."""
+    body_bytes = 0
+    async for chunk in request.stream():
+        if not chunk:
+            continue
+        # Counted here too: a body without Content-Length (chunked) must not be unbounded either.
+        body_bytes += len(chunk)
+        if body_bytes > max_bytes + MULTIPART_OVERHEAD_BYTES:
+            raise _too_large(max_bytes)
+        try:
+            parser.write(chunk)
+        except ProblemError:
+            raise
+        except ValueError as exc:  # python-multipart's parse errors are ValueErrors
+            raise field_error(422, FILE_FIELD, f"malformed multipart body: {exc}") from exc
+        if state.pending and (len(state.pending) >= chunk_bytes or state.file_done):
+            await sink.flush(state)
+
+
+def _check_complete(parser: MultipartParser, state: _State) -> None:
+    """422 unless the body ended cleanly after exactly one non-empty ``file`` part."""
+    try:
+        parser.finalize()
+    except ValueError as exc:
+        raise field_error(422, FILE_FIELD, f"malformed multipart body: {exc}") from exc
+    if not state.file_seen:
+        raise field_error(422, FILE_FIELD, "missing the 'file' part")
+    if not state.file_done:
+        raise field_error(422, FILE_FIELD, "the multipart body ended inside the 'file' part")
+    if state.size == 0:
+        raise field_error(422, FILE_FIELD, "the file is empty")
+
+
 async def receive_upload(
     request: Request,
     *,
@@ -151,82 +240,29 @@ async def receive_upload(
     422 (no/empty/duplicate ``file`` part, malformed body); StorageError when the store fails. Nothing
     is kept after an error.
     """
-    ctype, params = parse_options_header(request.headers.get("content-type", ""))
-    boundary = params.get(b"boundary")
-    if ctype != b"multipart/form-data" or not boundary:
-        raise field_error(
-            415,
-            FILE_FIELD,
-            "send multipart/form-data with the upload in a 'file' part",
-            slug="unsupported-media-type",
-        )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD_BYTES:
-        raise _too_large(max_bytes)
-
+    boundary = _multipart_boundary(request, max_bytes)
     state = _State(max_bytes=max_bytes, allowed=allowed)
-    parser = MultipartParser(
-        boundary,
-        callbacks={
-            "on_part_begin": state.on_part_begin,
-            "on_part_data": state.on_part_data,
-            "on_part_end": state.on_part_end,
-            "on_header_field": state.on_header_field,
-            "on_header_value": state.on_header_value,
-            "on_header_end": state.on_header_end,
-            "on_headers_finished": state.on_headers_finished,
-        },
-    )
-    hasher = hashlib.sha256()
-    out: ObjectWriter | None = None
-    body_bytes = 0
+    parser = _parser(boundary, state)
+    sink = _Sink(storage, f"{relative_dir}/{stem}")
     try:
-        async for chunk in request.stream():
-            if not chunk:
-                continue
-            # Counted here too: a body without Content-Length (chunked) must not be unbounded either.
-            body_bytes += len(chunk)
-            if body_bytes > max_bytes + MULTIPART_OVERHEAD_BYTES:
-                raise _too_large(max_bytes)
-            try:
-                parser.write(chunk)
-            except ProblemError:
-                raise
-            except ValueError as exc:  # python-multipart's parse errors are ValueErrors
-                raise field_error(422, FILE_FIELD, f"malformed multipart body: {exc}") from exc
-            if state.pending and (len(state.pending) >= chunk_bytes or state.file_done):
-                if out is None:
-                    out = storage.writer(f"{relative_dir}/{stem}{state.suffix}")
-                data, state.pending = bytes(state.pending), bytearray()
-                await run_in_threadpool(_append, out, hasher, data)
-        try:
-            parser.finalize()
-        except ValueError as exc:
-            raise field_error(422, FILE_FIELD, f"malformed multipart body: {exc}") from exc
-        if not state.file_seen:
-            raise field_error(422, FILE_FIELD, "missing the 'file' part")
-        if not state.file_done:
-            raise field_error(422, FILE_FIELD, "the multipart body ended inside the 'file' part")
-        if state.size == 0:
-            raise field_error(422, FILE_FIELD, "the file is empty")
-        if out is None:
-            out = storage.writer(f"{relative_dir}/{stem}{state.suffix}")
+        await _stream_body(request, parser, state, sink, max_bytes=max_bytes, chunk_bytes=chunk_bytes)
+        _check_complete(parser, state)
+        out = sink.open(state.suffix)
         if state.pending:
-            data, state.pending = bytes(state.pending), bytearray()
-            await run_in_threadpool(_append, out, hasher, data)
+            await sink.flush(state)
         await run_in_threadpool(out.commit)
     except ClientDisconnect as exc:
-        await _abort(out)
+        await _abort(sink.out)
         # Nobody reads this answer; it keeps an aborted upload out of the 5xx counts.
         raise ProblemError(
             400, "the client disconnected during the upload", slug="client-disconnected"
         ) from exc
     except BaseException:
-        await _abort(out)
+        await _abort(sink.out)
         raise
     return StoredUpload(
         filename=state.filename,
         relative_path=f"{relative_dir}/{stem}{state.suffix}",
         size=state.size,
-        sha256=hasher.hexdigest(),
+        sha256=sink.hasher.hexdigest(),
     )

@@ -34,12 +34,14 @@ share live in core.clustering.base_steps.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from core.clustering.base_networks import (
+    EmbeddingModel,
     JobNormalisation,
     load_clustering_checkpoint,
     load_embedding_checkpoint,
@@ -130,6 +132,159 @@ def pca_features(images01: torch.Tensor, dim: int) -> tuple[torch.Tensor, dict[s
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_method_and_k(spec: JobSpec, dataset: ImageDataset) -> None:
+    """Raise CoreInputError for an unknown ``base.method`` or an unusable ``num_clusters``."""
+    method = spec.base.method
+    if method not in ("kmeans", "labels", "checkpoint", *METHODS):
+        raise CoreInputError(
+            "base.method",
+            f"unknown base method {method!r}; choose one of "
+            f"{sorted(('kmeans', 'labels', 'checkpoint', *METHODS))}",
+        )
+    k = spec.num_clusters
+    if k is None and spec.base.auto_k is None:
+        raise CoreInputError("num_clusters", "is required unless base.auto_k is given")
+    if k is not None and dataset.n < k:
+        raise CoreInputError(
+            "num_clusters", f"{k} clusters requested but the dataset has only {dataset.n} images"
+        )
+
+
+@dataclass
+class _Embedding:
+    """The embedding model (uploaded or pretext-trained) and features the base methods cluster.
+
+    hooks: the stage's hooks, rescaled to what is left of it after a pretext training.
+    """
+
+    model: EmbeddingModel | None
+    normalisation: dict[str, Any] | None
+    source: str
+    features: torch.Tensor | None
+    hooks: RunHooks
+
+
+def _pretext_model(
+    spec: JobSpec, images01: torch.Tensor, norm: JobNormalisation, info: dict[str, Any], hooks: RunHooks
+) -> tuple[EmbeddingModel, dict[str, Any]]:
+    """Train the ``base.pretext`` SimCLR model on the images; its losses land in ``info["pretext"]``."""
+    assert spec.base.pretext is not None
+    pretext_rows: list[dict[str, Any]] = []
+    pretext_norm = norm.resolve()
+    model, _ = train_simclr(
+        images01,
+        spec.base.pretext,
+        backbone=spec.base.backbone,
+        seed=spec.seed,
+        hooks=sub_hooks(hooks, 0.0, P_PRETEXT, on_epoch=pretext_rows.append),
+        normalisation=(pretext_norm.mean, pretext_norm.std),
+    )
+    info["pretext"] = {
+        "backbone": model.backbone_name,
+        "final_loss": pretext_rows[-1]["loss"] if pretext_rows else None,
+        "per_epoch": pretext_rows,
+    }
+    return model, pretext_norm.as_dict()
+
+
+def _embedding(
+    spec: JobSpec,
+    dataset: ImageDataset,
+    images01: torch.Tensor,
+    space: str | None,
+    norm: JobNormalisation,
+    checkpoint_paths: dict[str, Path],
+    info: dict[str, Any],
+    hooks: RunHooks,
+    dev: torch.device,
+) -> _Embedding:
+    """The uploaded embedding model, else the pretext one, else the dataset's ``space`` (base.features)."""
+    loaded = load_embedding_checkpoint(spec, checkpoint_paths, dataset, norm)
+    emb_model, emb_normalisation = None, None
+    if loaded is not None:
+        emb_model, info["embedding_checkpoint"] = loaded
+        emb_normalisation = info["embedding_checkpoint"]["normalisation"]
+    emb_source = "embedding_checkpoint"
+    if emb_model is None and spec.base.pretext is not None:
+        emb_model, emb_normalisation = _pretext_model(spec, images01, norm, info, hooks)
+        emb_source = "pretext"
+        # the rest of the stage reports its progress in what is left after the pretext training
+        hooks = rescaled_hooks(hooks, P_PRETEXT, 1.0)
+    emb_features: torch.Tensor | None = None
+    if emb_model is not None:
+        emb_model = emb_model.to(dev).eval()
+        emb_features = embed_images(emb_model, images01)  # (N, features_dim), unit norm
+    elif space is not None:  # base.features: a space of the dataset instead of a PCA
+        emb_features, emb_source = dataset.features[space].to(dev), "dataset_features"
+        info["feature_space"] = feature_space_info(space, emb_features)
+    return _Embedding(emb_model, emb_normalisation, emb_source, emb_features, hooks)
+
+
+def _checkpoint_base(
+    spec: JobSpec,
+    dataset: ImageDataset,
+    images01: torch.Tensor,
+    emb: _Embedding,
+    norm: JobNormalisation,
+    checkpoint_paths: dict[str, Path],
+    info: dict[str, Any],
+    dev: torch.device,
+) -> BaseOutput:
+    """``base.method`` checkpoint: the uploaded clustering model is the base network as is."""
+    k = spec.num_clusters
+    assert k is not None  # BaseSpec forbids auto_k with checkpoint
+    hooks = emb.hooks
+    hooks.on_progress(P_FEATURES, None, None)
+    model, info["checkpoint"] = load_clustering_checkpoint(
+        spec, checkpoint_paths, dataset, norm, num_clusters=k
+    )
+    info["normalisation"] = info["checkpoint"]["normalisation"]
+    model = model.to(dev).eval()
+    probs = predict_probs(model, images01)
+    if emb.features is not None:
+        embedding, info["embedding_source"] = emb.features, emb.source
+    else:
+        embedding = embed_images(model.features, images01)
+        info["embedding_source"] = "clustering_checkpoint_backbone"
+    info["backbone"] = model.backbone_name
+    info["num_clusters"] = k
+    hooks.on_progress(1.0, None, None)
+    return BaseOutput(model, probs.argmax(1), probs, embedding, info)
+
+
+def _fitted_base(
+    spec: JobSpec,
+    dataset: ImageDataset,
+    images01: torch.Tensor,
+    emb: _Embedding,
+    norm: JobNormalisation,
+    info: dict[str, Any],
+    dev: torch.device,
+) -> BaseOutput:
+    """kmeans, labels and the registered methods: cluster fixed features, fit a base network to them."""
+    hooks = emb.hooks
+    # The methods cluster fixed features: the embedding model's or the dataset's, else a
+    # PCA of the pixels.
+    pca: torch.Tensor | None = None
+    if emb.features is None:
+        pca, pca_info = pca_features(images01, spec.base.pca_dim)
+        info["pca"] = pca_info
+    feats = emb.features if emb.features is not None else pca
+    assert feats is not None
+    feature_source = emb.source if emb.features is not None else "pca"
+    hooks.on_progress(P_FEATURES, None, None)
+    inputs = MethodInputs(images01, feats, emb.model, feature_source, normalisation=norm.resolve())
+    targets, method_embedding, p_fit = cluster_targets(spec, dataset, inputs, info, hooks)
+    k = int(info["num_clusters"])
+
+    model, report = new_base_model(spec, k, emb.model, dataset, norm, emb.normalisation)
+    info["normalisation"] = report["normalisation"]
+    info["backbone_source"] = emb.source if emb.model is not None else "new"
+    # A dataset's own features are the space the client chose: metric sampling searches them too.
+    own = method_embedding if emb.source != "dataset_features" else None
+    return fit_base(model.to(dev), images01, targets, spec, info, hooks, p_fit, own, feats, feature_source)
+
+
 def run_base(
     spec: JobSpec,
     dataset: ImageDataset,
@@ -149,99 +304,16 @@ def run_base(
     hooks = hooks or RunHooks()
     checkpoint_paths = checkpoint_paths or {}
     dev = torch.device(device)
-    method = spec.base.method
-    if method not in ("kmeans", "labels", "checkpoint", *METHODS):
-        raise CoreInputError(
-            "base.method",
-            f"unknown base method {method!r}; choose one of "
-            f"{sorted(('kmeans', 'labels', 'checkpoint', *METHODS))}",
-        )
-    k = spec.num_clusters
-    if k is None and spec.base.auto_k is None:
-        raise CoreInputError("num_clusters", "is required unless base.auto_k is given")
-    if k is not None and dataset.n < k:
-        raise CoreInputError(
-            "num_clusters", f"{k} clusters requested but the dataset has only {dataset.n} images"
-        )
+    _check_method_and_k(spec, dataset)
     resolved = resolve_inputs(spec, has_images=dataset.has_images, feature_spaces=dataset.feature_dims())
     torch.manual_seed(spec.seed)
     if resolved.kind == "features":
         assert resolved.space is not None
         return run_feature_base(spec, dataset, resolved.space, device=dev, hooks=hooks)
     images01 = dataset.to_float(dev)  # (N, C, H, W)
-    info: dict[str, Any] = {"method": method, "input": "images"}
-
+    info: dict[str, Any] = {"method": spec.base.method, "input": "images"}
     norm = JobNormalisation(spec, dataset)
-    loaded = load_embedding_checkpoint(spec, checkpoint_paths, dataset, norm)
-    emb_model, emb_normalisation = None, None
-    if loaded is not None:
-        emb_model, info["embedding_checkpoint"] = loaded
-        emb_normalisation = info["embedding_checkpoint"]["normalisation"]
-    emb_source = "embedding_checkpoint"
-    if emb_model is None and spec.base.pretext is not None:
-        pretext_rows: list[dict[str, Any]] = []
-        pretext_norm = norm.resolve()
-        emb_model, _ = train_simclr(
-            images01,
-            spec.base.pretext,
-            backbone=spec.base.backbone,
-            seed=spec.seed,
-            hooks=sub_hooks(hooks, 0.0, P_PRETEXT, on_epoch=pretext_rows.append),
-            normalisation=(pretext_norm.mean, pretext_norm.std),
-        )
-        emb_normalisation = pretext_norm.as_dict()
-        emb_source = "pretext"
-        info["pretext"] = {
-            "backbone": emb_model.backbone_name,
-            "final_loss": pretext_rows[-1]["loss"] if pretext_rows else None,
-            "per_epoch": pretext_rows,
-        }
-        # the rest of the stage reports its progress in what is left after the pretext training
-        hooks = rescaled_hooks(hooks, P_PRETEXT, 1.0)
-    emb_features: torch.Tensor | None = None
-    if emb_model is not None:
-        emb_model = emb_model.to(dev).eval()
-        emb_features = embed_images(emb_model, images01)  # (N, features_dim), unit norm
-    elif resolved.space is not None:  # base.features: a space of the dataset instead of a PCA
-        emb_features, emb_source = dataset.features[resolved.space].to(dev), "dataset_features"
-        info["feature_space"] = feature_space_info(resolved.space, emb_features)
-
-    if method == "checkpoint":
-        assert k is not None  # BaseSpec forbids auto_k with checkpoint
-        hooks.on_progress(P_FEATURES, None, None)
-        model, info["checkpoint"] = load_clustering_checkpoint(
-            spec, checkpoint_paths, dataset, norm, num_clusters=k
-        )
-        info["normalisation"] = info["checkpoint"]["normalisation"]
-        model = model.to(dev).eval()
-        probs = predict_probs(model, images01)
-        if emb_features is not None:
-            embedding, info["embedding_source"] = emb_features, emb_source
-        else:
-            embedding = embed_images(model.features, images01)
-            info["embedding_source"] = "clustering_checkpoint_backbone"
-        info["backbone"] = model.backbone_name
-        info["num_clusters"] = k
-        hooks.on_progress(1.0, None, None)
-        return BaseOutput(model, probs.argmax(1), probs, embedding, info)
-
-    # Every other method clusters fixed features: the embedding model's or the dataset's, else a
-    # PCA of the pixels.
-    pca: torch.Tensor | None = None
-    if emb_features is None:
-        pca, pca_info = pca_features(images01, spec.base.pca_dim)
-        info["pca"] = pca_info
-    feats = emb_features if emb_features is not None else pca
-    assert feats is not None
-    feature_source = emb_source if emb_features is not None else "pca"
-    hooks.on_progress(P_FEATURES, None, None)
-    inputs = MethodInputs(images01, feats, emb_model, feature_source, normalisation=norm.resolve())
-    targets, method_embedding, p_fit = cluster_targets(spec, dataset, inputs, info, hooks)
-    k = int(info["num_clusters"])
-
-    model, report = new_base_model(spec, k, emb_model, dataset, norm, emb_normalisation)
-    info["normalisation"] = report["normalisation"]
-    info["backbone_source"] = emb_source if emb_model is not None else "new"
-    # A dataset's own features are the space the client chose: metric sampling searches them too.
-    own = method_embedding if emb_source != "dataset_features" else None
-    return fit_base(model.to(dev), images01, targets, spec, info, hooks, p_fit, own, feats, feature_source)
+    emb = _embedding(spec, dataset, images01, resolved.space, norm, checkpoint_paths, info, hooks, dev)
+    if spec.base.method == "checkpoint":
+        return _checkpoint_base(spec, dataset, images01, emb, norm, checkpoint_paths, info, dev)
+    return _fitted_base(spec, dataset, images01, emb, norm, info, dev)

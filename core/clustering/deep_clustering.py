@@ -31,6 +31,7 @@ embedding for metric sampling is the latent code z (N, d).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -148,6 +149,100 @@ def _recluster(ae: MlpAutoencoder, x: torch.Tensor, k: int, seed: int) -> torch.
     return kmeans(ae.encode(x), k, restarts=_KMEANS_RESTARTS, seed=seed).centroids
 
 
+@dataclass
+class _Training:
+    """What the clustering epochs update: the autoencoder, the centroids and their optimisers."""
+
+    ae: MlpAutoencoder
+    mu: nn.Parameter  # (K, d)
+    opt: torch.optim.Optimizer  # encoder (and decoder for IDEC/DCN)
+    # The centroids get their own optimiser so BRB can clear exactly their momentum (DEC/IDEC);
+    # None for DCN, whose centroids move by _dcn_centroid_step.
+    mu_opt: torch.optim.Optimizer | None
+    counts: torch.Tensor  # (K,) DCN's per-cluster update counts
+    gen: torch.Generator  # batch order and BRB's random initialisations
+
+
+def _start_training(
+    ae: MlpAutoencoder, x: torch.Tensor, method: DeepMethod, cfg: DeepClusteringSpec, k: int, seed: int
+) -> _Training:
+    """Initial centroids by k-means in the latent space, and the optimisers."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    torch.manual_seed(seed + 1)
+    mu = nn.Parameter(_recluster(ae, x, k, seed))  # (K, d)
+    uses_decoder = method in ("idec", "dcn")
+    net_params = list(ae.encoder.parameters()) + (list(ae.decoder.parameters()) if uses_decoder else [])
+    opt = torch.optim.Adam(net_params, lr=cfg.lr)
+    mu_opt = torch.optim.Adam([mu], lr=cfg.lr) if method != "dcn" else None
+    counts = torch.ones(k, device=x.device)
+    return _Training(ae, mu, opt, mu_opt, counts, gen)
+
+
+def _brb_reset(t: _Training, brb: BrbSpec, x: torch.Tensor, k: int, seed: int) -> list[str]:
+    """BRB's soft reset of the encoder, then the optional reclustering and momentum reset.
+
+    ``seed`` seeds the reclustering's k-means. Returns the reset layers' names."""
+    layers = soft_reset(t.ae.encoder, brb.alpha, t.gen)
+    if brb.recluster:
+        with torch.no_grad():
+            t.mu.copy_(_recluster(t.ae, x, k, seed))
+    if brb.reset_momentum:
+        if t.mu_opt is not None:
+            reset_adam_moments(t.mu_opt, t.mu)
+        t.counts.fill_(1.0)
+    return layers
+
+
+def _train_epoch(
+    t: _Training, x: torch.Tensor, method: DeepMethod, cfg: DeepClusteringSpec, p_target: torch.Tensor | None
+) -> float:
+    """One pass over x in a random order; returns the summed (not averaged) batch losses x sizes."""
+    n, bs = x.shape[0], min(cfg.batch_size, x.shape[0])
+    ae, mu = t.ae, t.mu
+    perm = torch.randperm(n, generator=t.gen).to(x.device)
+    run_loss = 0.0
+    for s in range(0, n, bs):
+        idx = perm[s : s + bs]
+        xb = x[idx]
+        z, rec = ae(xb)
+        if method == "dcn":
+            with torch.no_grad():
+                s_i = torch.cdist(z, mu).argmin(1)
+            km_loss = (z - mu.detach()[s_i]).pow(2).sum(1).mean()
+            loss = F.mse_loss(rec, xb) + cfg.dcn_weight / 2 * km_loss
+        else:
+            assert p_target is not None
+            q = student_t(z, mu, cfg.student_t_alpha)
+            kl = F.kl_div(q.clamp_min(1e-12).log(), p_target[idx], reduction="batchmean")
+            loss = kl if method == "dec" else F.mse_loss(rec, xb) + cfg.gamma * kl
+        t.opt.zero_grad(set_to_none=True)
+        if t.mu_opt is not None:
+            t.mu_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t.opt.step()
+        if t.mu_opt is not None:
+            t.mu_opt.step()
+        else:
+            _dcn_centroid_step(mu, t.counts, z.detach(), s_i)
+        run_loss += float(loss.detach()) * idx.numel()
+    return run_loss
+
+
+@torch.no_grad()
+def _final_assignment(
+    t: _Training, x: torch.Tensor, method: DeepMethod, cfg: DeepClusteringSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs (N, K), z (N, d)) after the last epoch (see the module docstring's Outputs)."""
+    z_all = t.ae.encode(x)
+    if method == "dcn":
+        d2 = torch.cdist(z_all, t.mu).pow(2)
+        temp = float(d2.min(1).values.mean().clamp_min(1e-12))
+        probs = soft_assign(z_all, t.mu.detach(), temp)
+    else:
+        probs = student_t(z_all, t.mu, cfg.student_t_alpha)
+    return probs, z_all
+
+
 def deep_cluster(
     x: torch.Tensor,
     method: DeepMethod,
@@ -164,7 +259,6 @@ def deep_cluster(
     ``pretrained``: an already pre-trained autoencoder (modified in place), skipping pre-training.
     Returns (probs (N, K), latent z (N, d), info)."""
     hooks = hooks or RunHooks()
-    dev = x.device
     k = num_clusters
     pre_epochs = 0 if pretrained is not None else cfg.pretrain_epochs
     total = pre_epochs + cfg.epochs
@@ -174,64 +268,25 @@ def deep_cluster(
         info["pretrain_final_loss"] = pre_losses[-1] if pre_losses else None
     else:
         ae = pretrained
-    gen = torch.Generator().manual_seed(seed + 1)
-    torch.manual_seed(seed + 1)
-    mu = nn.Parameter(_recluster(ae, x, k, seed))  # (K, d)
-    uses_decoder = method in ("idec", "dcn")
-    net_params = list(ae.encoder.parameters()) + (list(ae.decoder.parameters()) if uses_decoder else [])
-    opt = torch.optim.Adam(net_params, lr=cfg.lr)
-    # The centroids get their own optimiser so BRB can clear exactly their momentum (DEC/IDEC).
-    mu_opt = torch.optim.Adam([mu], lr=cfg.lr) if method != "dcn" else None
-    counts = torch.ones(k, device=dev)  # DCN's per-cluster update counts
-    n, bs = x.shape[0], min(cfg.batch_size, x.shape[0])
+    t = _start_training(ae, x, method, cfg, k, seed)
+    n = x.shape[0]
     p_target: torch.Tensor | None = None
     resets: list[int] = []
     prev_labels: torch.Tensor | None = None
+    run_loss = 0.0
 
     for epoch in range(cfg.epochs):
         hooks.check_stop(f"base_clustering:{method}")
         if brb.enabled and epoch > 0 and epoch % brb.reset_interval == 0:
-            info["brb_reset_layers"] = soft_reset(ae.encoder, brb.alpha, gen)
-            if brb.recluster:
-                with torch.no_grad():
-                    mu.copy_(_recluster(ae, x, k, seed + epoch))
-            if brb.reset_momentum:
-                if mu_opt is not None:
-                    reset_adam_moments(mu_opt, mu)
-                counts.fill_(1.0)
+            info["brb_reset_layers"] = _brb_reset(t, brb, x, k, seed + epoch)
             p_target = None  # the target must follow the new centroids
             resets.append(epoch)
         if method != "dcn" and (p_target is None or epoch % cfg.target_update_every == 0):
             with torch.no_grad():
-                p_target = target_distribution(student_t(ae.encode(x), mu, cfg.student_t_alpha))
-        perm = torch.randperm(n, generator=gen).to(dev)
-        run_loss = 0.0
-        for s in range(0, n, bs):
-            idx = perm[s : s + bs]
-            xb = x[idx]
-            z, rec = ae(xb)
-            if method == "dcn":
-                with torch.no_grad():
-                    s_i = torch.cdist(z, mu).argmin(1)
-                km_loss = (z - mu.detach()[s_i]).pow(2).sum(1).mean()
-                loss = F.mse_loss(rec, xb) + cfg.dcn_weight / 2 * km_loss
-            else:
-                assert p_target is not None
-                q = student_t(z, mu, cfg.student_t_alpha)
-                kl = F.kl_div(q.clamp_min(1e-12).log(), p_target[idx], reduction="batchmean")
-                loss = kl if method == "dec" else F.mse_loss(rec, xb) + cfg.gamma * kl
-            opt.zero_grad(set_to_none=True)
-            if mu_opt is not None:
-                mu_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if mu_opt is not None:
-                mu_opt.step()
-            else:
-                _dcn_centroid_step(mu, counts, z.detach(), s_i)
-            run_loss += float(loss.detach()) * idx.numel()
+                p_target = target_distribution(student_t(ae.encode(x), t.mu, cfg.student_t_alpha))
+        run_loss = _train_epoch(t, x, method, cfg, p_target)
         with torch.no_grad():
-            labels = torch.cdist(ae.encode(x), mu).argmin(1)
+            labels = torch.cdist(ae.encode(x), t.mu).argmin(1)
         changed = float((labels != prev_labels).float().mean()) if prev_labels is not None else 1.0
         prev_labels = labels
         row = {
@@ -243,14 +298,7 @@ def deep_cluster(
         hooks.on_epoch(row)
         hooks.on_progress((pre_epochs + epoch + 1) / total, pre_epochs + epoch + 1, total)
 
-    with torch.no_grad():
-        z_all = ae.encode(x)
-        if method == "dcn":
-            d2 = torch.cdist(z_all, mu).pow(2)
-            temp = float(d2.min(1).values.mean().clamp_min(1e-12))
-            probs = soft_assign(z_all, mu.detach(), temp)
-        else:
-            probs = student_t(z_all, mu, cfg.student_t_alpha)
+    probs, z_all = _final_assignment(t, x, method, cfg)
     info.update({"brb_resets": resets, "final_loss": run_loss / n if cfg.epochs else None})
     return probs.float(), z_all.float(), info
 

@@ -15,7 +15,6 @@ at job time, as SCAN decides by data set.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -27,7 +26,12 @@ import torch
 from core.errors import CoreInputError
 from core.models.backbones import VIT, ModelBackbone, check_input_size, scan_variant_for
 from core.models.checkpoint_io import FIELD, RawCheckpoint, name_keys, read_checkpoint
-from core.models.normalisation import check_stats, from_spec
+from core.models.checkpoint_stated import (
+    BackboneSource,
+    metadata_stats,
+    stated_backbone,
+    stated_normalisation,
+)
 from core.models.statement import CheckpointStatement
 from core.models.vit_layout import (
     BACKBONE_PREFIX,
@@ -41,10 +45,8 @@ from core.models.vit_layout import (
     vit_layout,
 )
 from core.spec import BackboneName
-from core.spec.common import NormalisationSpec
 
 CheckpointKind = Literal["clustering", "embedding"]
-BackboneSource = Literal["keys", "metadata", "upload", "image_size"]
 _HEAD_KEY = re.compile(r"^cluster_head\.(\d+)\.(weight|bias)$")
 # Backbones whose state dicts are identical; the first is the choice when nothing else decides.
 _SAME_WEIGHTS: dict[BackboneName, tuple[BackboneName, ...]] = {
@@ -139,28 +141,6 @@ def _detect_backbone(bb: Mapping[str, torch.Tensor]) -> tuple[BackboneName, int]
     return name, int(w.shape[1])
 
 
-def _metadata_stats(metadata: Mapping[str, str], in_channels: int) -> tuple[tuple[float, ...], ...] | None:
-    """(mean, std) from our safetensors metadata, validated like any statement; None when absent."""
-    given = [key for key in ("mean", "std") if key in metadata]
-    if not given:
-        return None
-    if len(given) == 1:
-        missing = "std" if given == ["mean"] else "mean"
-        raise CoreInputError(f"{FIELD}.metadata.{missing}", f"missing while {given[0]} is given")
-    values = []
-    for key in ("mean", "std"):
-        try:
-            parsed = json.loads(metadata[key])
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, list):
-            raise CoreInputError(
-                f"{FIELD}.metadata.{key}", f"expected a JSON list of numbers, got {metadata[key]!r}"
-            )
-        values.append(parsed)
-    return check_stats(values[0], values[1], channels=in_channels, field=f"{FIELD}.metadata")
-
-
 def _embedding_facts(sd: Mapping[str, torch.Tensor], proj_keys: list[str], backbone: str, dim: int) -> int:
     """features_dim of SCAN's mlp contrastive head."""
     w0, w2 = sd.get("contrastive_head.0.weight"), sd.get("contrastive_head.2.weight")
@@ -207,63 +187,6 @@ def _clustering_facts(
             f"{FIELD}.head", f"the file selects head {head}, but it has {nheads} head(s) (0..{nheads - 1})"
         )
     return sizes[0], nheads, head
-
-
-def _stated_backbone(
-    candidates: tuple[ModelBackbone, ...], metadata: Mapping[str, str], stated: BackboneName | None
-) -> tuple[ModelBackbone, BackboneSource]:
-    """The backbone among ``candidates`` that the file's metadata or the upload states."""
-    meta = metadata.get("backbone")
-    if meta is not None and meta not in candidates:
-        raise CoreInputError(
-            f"{FIELD}.metadata.backbone", f"says {meta!r} but the tensors are a {candidates[0]!r} model"
-        )
-    if stated is not None and stated not in candidates:
-        raise CoreInputError(
-            "backbone",
-            f"the upload states {stated!r} but the weights are a {' / '.join(candidates)} model",
-        )
-    if stated is not None and meta is not None and stated != meta:
-        raise CoreInputError(
-            "backbone", f"the upload states {stated!r} but the file's metadata says {meta!r}"
-        )
-    if stated is not None:
-        return stated, "upload"
-    if meta is not None:
-        return meta, "metadata"  # type: ignore[return-value]
-    return candidates[0], "keys" if len(candidates) == 1 else "image_size"
-
-
-def _no_dataset_here() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    raise AssertionError("the 'dataset' preset is resolved by the job, not at upload")
-
-
-def _stated_normalisation(
-    statement: CheckpointStatement,
-    metadata_stats: tuple[tuple[float, ...], ...] | None,
-    in_channels: int,
-    layout_preset: str | None,
-) -> dict[str, Any] | None:
-    if statement.normalisation is not None:
-        if statement.normalisation.preset == "dataset":
-            return {"preset": "dataset", "mean": None, "std": None, "source": "upload"}
-        norm = from_spec(
-            statement.normalisation,
-            "upload",
-            channels=in_channels,
-            field="normalisation",
-            dataset_stats=_no_dataset_here,
-        )
-        return norm.as_dict()
-    if metadata_stats is not None:
-        mean, std = metadata_stats
-        return {"preset": None, "mean": list(mean), "std": list(std), "source": "checkpoint_metadata"}
-    if layout_preset is not None:
-        spec = NormalisationSpec(preset=layout_preset)  # type: ignore[arg-type]
-        return from_spec(
-            spec, "checkpoint_layout", channels=in_channels, field="", dataset_stats=_no_dataset_here
-        ).as_dict()
-    return None
 
 
 @dataclass(frozen=True)
@@ -332,8 +255,8 @@ def analyse_checkpoint(raw: RawCheckpoint, statement: CheckpointStatement | None
             f"{FIELD}.metadata.kind", f"says {kind!r} but the tensors are a {found_kind!r} model"
         )
     candidates = _SAME_WEIGHTS.get(detected, (detected,))  # type: ignore[call-overload]
-    backbone, source = _stated_backbone(candidates, raw.metadata, statement.backbone)
-    stats = _metadata_stats(raw.metadata, in_channels)
+    backbone, source = stated_backbone(candidates, raw.metadata, statement.backbone)
+    stats = metadata_stats(raw.metadata, in_channels)
     layout_preset = VIT_NORMALISATION if detected == VIT and in_channels == 3 else None
     common: dict[str, Any] = {
         "backbone": backbone,
@@ -343,7 +266,7 @@ def analyse_checkpoint(raw: RawCheckpoint, statement: CheckpointStatement | None
         "std": stats[1] if stats else None,
         "backbone_source": source,
         "backbone_candidates": candidates,
-        "normalisation": _stated_normalisation(statement, stats, in_channels, layout_preset),
+        "normalisation": stated_normalisation(statement, stats, in_channels, layout_preset),
         "vit": backbone_facts.vit,
         "keys": backbone_facts.keys,
         "layout_normalisation": layout_preset,
