@@ -134,10 +134,17 @@ def _targets(
             )
             guesses.append(p.view(spec.weak_augmentations, n_u, k_clusters))
         q_bar = guess_labels(torch.cat(guesses), spec.sharpen_temperature)  # (B, K)
+    return corefined_labels(rt, partner_slot, xb, p_x, spec, k_clusters), q_bar
+
+
+def corefined_labels(
+    rt: Runtime, partner_slot: int, xb: torch.Tensor, p_x: torch.Tensor, spec: RefineSpec, k_clusters: int
+) -> torch.Tensor:
+    """y_bar (B, K) of Eq. (11)-(12): the pseudo-labels of xb co-refined with p_x, weighted by the
+    confidence of table ``partner_slot``."""
     y = F.one_hot(rt.pseudo[xb], k_clusters).float()
     weights = rt.table_weight(partner_slot)[xb]
-    y_bar = co_refine(y, p_x, weights, spec.sharpen_temperature)  # (B, K)
-    return y_bar, q_bar
+    return co_refine(y, p_x, weights, spec.sharpen_temperature)
 
 
 def _backward(
@@ -212,14 +219,8 @@ def train_pass(
     Returns (loss sums (3,) = [L_Xs, L_Xhat, L_Uhat] over the steps, detached; number of steps).
     Raises TrainingDiverged at the first non-finite loss (checked every STOP_CHECK_EVERY steps).
     """
-    dev, bsz, gen = images.device, spec.batch_size, rt.generator
-    clean_idx = rt.clean.nonzero().squeeze(1)
-    unclean_idx = (~rt.clean).nonzero().squeeze(1)
-    steps = math.ceil(clean_idx.numel() / bsz)
-    clean_order = clean_idx[_cycled_order(clean_idx.numel(), steps * bsz, gen).to(dev)]
-    unclean_order = None
-    if unclean_idx.numel():
-        unclean_order = unclean_idx[_cycled_order(unclean_idx.numel(), steps * bsz, gen).to(dev)]
+    dev, bsz = images.device, spec.batch_size
+    steps, clean_order, unclean_order = pass_orders(rt, bsz, dev)
     step_terms = torch.zeros(steps, 3, device=dev)
     checked = 0
     opt = rt.optimizers[k]
@@ -228,8 +229,7 @@ def train_pass(
             _check_finite(step_terms[checked:step], checked, ps)
             checked = step
             hooks.check_stop(f"network {k + 1}, step {step}")
-        xb = clean_order[step * bsz : (step + 1) * bsz]
-        ub = unclean_order[step * bsz : (step + 1) * bsz] if unclean_order is not None else None
+        xb, ub = step_batches(clean_order, unclean_order, step, bsz)
         views = _views(rt, images, xb, ub, spec)
         targets = _targets(rt, k, views, xb, ub, spec, ps.num_clusters)
         opt.zero_grad(set_to_none=True)
@@ -240,6 +240,35 @@ def train_pass(
         # peak of the no-grad forwards and of the partner's pass (45 MB per ResNet-18).
         opt.zero_grad(set_to_none=True)
     _check_finite(step_terms[checked:], checked, ps)
+    refresh_table(k, rt, images)
+    return step_terms.sum(dim=0), steps
+
+
+def pass_orders(rt: Runtime, bsz: int, dev: torch.device) -> tuple[int, torch.Tensor, torch.Tensor | None]:
+    """(steps, clean order, unclean order or None) of one pass: ceil(|X| / B) steps over the clean
+    set in a fresh random order topped up to whole batches, unclean samples cyclically at random."""
+    gen = rt.generator
+    clean_idx = rt.clean.nonzero().squeeze(1)
+    unclean_idx = (~rt.clean).nonzero().squeeze(1)
+    steps = math.ceil(clean_idx.numel() / bsz)
+    clean_order = clean_idx[_cycled_order(clean_idx.numel(), steps * bsz, gen).to(dev)]
+    unclean_order = None
+    if unclean_idx.numel():
+        unclean_order = unclean_idx[_cycled_order(unclean_idx.numel(), steps * bsz, gen).to(dev)]
+    return steps, clean_order, unclean_order
+
+
+def step_batches(
+    clean_order: torch.Tensor, unclean_order: torch.Tensor | None, step: int, bsz: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(xb, ub): the clean and unclean indices of ``step``."""
+    xb = clean_order[step * bsz : (step + 1) * bsz]
+    ub = unclean_order[step * bsz : (step + 1) * bsz] if unclean_order is not None else None
+    return xb, ub
+
+
+def refresh_table(k: int, rt: Runtime, images: torch.Tensor) -> None:
+    """Network k's prediction table: its eval-mode softmax on every unaugmented image."""
     rt.table[k] = predict_softmax(
         rt.nets[k],
         images,
@@ -249,4 +278,3 @@ def train_pass(
         autocast_dtype=rt.autocast_dtype,
     )
     rt.ready[k] = True
-    return step_terms.sum(dim=0), steps

@@ -41,6 +41,7 @@ from core.hooks import RunHooks
 from core.models import ClusteringModel, FeatureClusteringModel
 from core.models.inference import predict_softmax
 from core.ruc.epoch_metrics import label_metrics
+from core.ruc.interleave import train_interleaved
 from core.ruc.losses import cosine_lr
 from core.ruc.networks import build_net, build_optimizers, set_lr
 from core.ruc.perf import INFERENCE_BATCH_FACTOR, PerfOptions, nograd_chunk_size, place_network, resolve_perf
@@ -230,11 +231,15 @@ def _run_epoch(
     sums = torch.zeros(3, device=images.device)
     steps = 0
     n_nets = len(rt.nets)
-    for k in range(n_nets):
-        s, st = train_pass(k, rt, images, spec, ps, hooks)
-        sums += s
-        steps += st
-        hooks.on_progress((epoch * n_nets + k + 1) / (spec.epochs * n_nets), epoch + 1, spec.epochs)
+    if spec.interleave and n_nets == 2:  # both passes at once, sharing the label guesses
+        sums, steps = train_interleaved(rt, images, spec, ps, hooks)
+        hooks.on_progress((epoch + 1) / spec.epochs, epoch + 1, spec.epochs)
+    else:
+        for k in range(n_nets):
+            s, st = train_pass(k, rt, images, spec, ps, hooks)
+            sums += s
+            steps += st
+            hooks.on_progress((epoch * n_nets + k + 1) / (spec.epochs * n_nets), epoch + 1, spec.epochs)
     tau2 = BATCH_REFURBISH_THRESHOLD if spec.refurbish_mode == "batch" else sched.tau2_at(epoch)
     _refurbish_epoch_end(rt, spec, tau2)
     loss_xs, loss_x, loss_u = (sums / max(steps, 1)).tolist()
