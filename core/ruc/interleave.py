@@ -76,8 +76,8 @@ def _pair_guesses(
     if not parts:
         return [None] * len(rt.nets), None
     outs = []
-    for net in rt.nets:
-        net.eval()
+    for k in range(len(rt.nets)):
+        net = rt.nograd_net(k)
         outs.append(
             softmax_chunks(net, torch.cat(parts), chunk=rt.nograd_chunk, autocast_dtype=rt.autocast_dtype)
         )

@@ -20,10 +20,15 @@ class PerfOptions:
     channels_last: NHWC memory format for networks and inputs (default: on CUDA only).
     autocast_dtype: dtype of autocast regions (default: bfloat16 on CUDA when the spec's
         mixed_precision is set, float32 everywhere on the CPU).
+    fold_batchnorm: the label-guessing forwards of a training step (eval mode, no gradients) run
+        on a copy of each network with BatchNorm folded into its convolutions
+        (core.models.folding), equal up to rounding; the prediction tables and the ensemble
+        never fold. Default: on the CPU only (measured there, bench/ruc_epoch.py).
     """
 
     channels_last: bool | None = None
     autocast_dtype: torch.dtype | None = None
+    fold_batchnorm: bool | None = None
 
 
 @functools.cache
@@ -60,6 +65,13 @@ def resolve_perf(
     channels_last = perf.channels_last if perf.channels_last is not None else bool(default.channels_last)
     dtype = perf.autocast_dtype if perf.autocast_dtype is not None else default.autocast_dtype
     return channels_last, None if dtype == torch.float32 else dtype
+
+
+def resolve_fold(device: torch.device, perf: PerfOptions | None) -> bool:
+    """Whether label guessing runs on BatchNorm-folded copies (PerfOptions.fold_batchnorm)."""
+    if perf is not None and perf.fold_batchnorm is not None:
+        return perf.fold_batchnorm
+    return device.type == "cpu"
 
 
 def place_network(net: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:

@@ -93,13 +93,14 @@ def _targets(
     ub: torch.Tensor | None,
     spec: RefineSpec,
     k_clusters: int,
+    partner_net: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(y_bar (B, K) co-refined labels, q_bar (B, K) guessed labels or None); batch refurbishing.
 
     One concatenated no-grad forward per network: its own views of u (label guessing), its own
     f(x) without co-training, and u itself when refurbishing inside the batch loop.
+    partner_net: the partner for those forwards (Runtime.nograd_net, made once per pass).
     """
-    net = rt.nets[k]
     co = len(rt.nets) == 2
     partner_slot = 1 - k if co else k
     n_x = xb.numel()
@@ -107,9 +108,10 @@ def _targets(
     own_x = spec.mixmatch and not co  # its own current f(x) replaces the partner's table
     own_u = spec.refurbish and spec.refurbish_mode == "batch" and v.u is not None
     parts = ([v.x] if own_x else []) + ([v.u] if own_u and v.u is not None else []) + v.u_weak
-    net.eval()
     own = (
-        softmax_chunks(net, torch.cat(parts), chunk=rt.nograd_chunk, autocast_dtype=rt.autocast_dtype)
+        softmax_chunks(
+            rt.nograd_net(k), torch.cat(parts), chunk=rt.nograd_chunk, autocast_dtype=rt.autocast_dtype
+        )
         if parts
         else None
     )
@@ -127,8 +129,7 @@ def _targets(
     if n_u and own is not None:
         guesses = [own[at:].view(spec.weak_augmentations, n_u, k_clusters)]
         if co:
-            partner = rt.nets[1 - k]
-            partner.eval()
+            partner = partner_net if partner_net is not None else rt.nograd_net(1 - k)
             p = softmax_chunks(
                 partner, torch.cat(v.u_weak), chunk=rt.nograd_chunk, autocast_dtype=rt.autocast_dtype
             )
@@ -224,6 +225,8 @@ def train_pass(
     step_terms = torch.zeros(steps, 3, device=dev)
     checked = 0
     opt = rt.optimizers[k]
+    # The partner does not change during this pass: one copy for its forwards serves every step.
+    partner_net = rt.nograd_net(1 - k) if len(rt.nets) == 2 and spec.mixmatch else None
     for step in range(steps):
         if step and step % STOP_CHECK_EVERY == 0:
             _check_finite(step_terms[checked:step], checked, ps)
@@ -231,7 +234,7 @@ def train_pass(
             hooks.check_stop(f"network {k + 1}, step {step}")
         xb, ub = step_batches(clean_order, unclean_order, step, bsz)
         views = _views(rt, images, xb, ub, spec)
-        targets = _targets(rt, k, views, xb, ub, spec, ps.num_clusters)
+        targets = _targets(rt, k, views, xb, ub, spec, ps.num_clusters, partner_net)
         opt.zero_grad(set_to_none=True)
         step_terms[step] = _backward(rt, k, views, xb, targets, spec, ps)
         del views, targets

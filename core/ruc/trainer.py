@@ -44,7 +44,14 @@ from core.ruc.epoch_metrics import label_metrics
 from core.ruc.interleave import train_interleaved
 from core.ruc.losses import cosine_lr
 from core.ruc.networks import build_net, build_optimizers, set_lr
-from core.ruc.perf import INFERENCE_BATCH_FACTOR, PerfOptions, nograd_chunk_size, place_network, resolve_perf
+from core.ruc.perf import (
+    INFERENCE_BATCH_FACTOR,
+    PerfOptions,
+    nograd_chunk_size,
+    place_network,
+    resolve_fold,
+    resolve_perf,
+)
 from core.ruc.refurbish import apply_refurbish, refurbish_candidates
 from core.ruc.runtime import Runtime, try_resume
 from core.ruc.schedules import Schedule, resolve_schedule
@@ -196,6 +203,7 @@ def _build_runtime(
         autocast_dtype=autocast_dtype,
         nograd_chunk=nograd_chunk_size(dev, spec.batch_size),
         views=views,
+        fold_batchnorm=resolve_fold(dev, perf) and not is_feature_input(images),  # MLPs: no convs
     )
 
 
