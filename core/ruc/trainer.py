@@ -12,7 +12,7 @@ Choices worth knowing:
   other trains, so its table *is* its current f(x) for everything that needs one: the partner's
   f(x) and confidence w in co-refinement, co-refurbishing at the epoch end, the confidence
   figure and the final ensemble. Per step, only the M weak views of u are forwarded without
-  gradients (own network and partner, for label guessing).
+  gradients (own network and partner, for label guessing; refine.interleave shares them).
 * Forwards without gradients run in eval mode: a sample's prediction then does not depend on
   its batch-mates, it is the same function the final ensemble and refurbishing use, and
   BatchNorm's running statistics only see the training views. (The authors' script keeps train
