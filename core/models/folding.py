@@ -3,8 +3,9 @@
 In eval mode BatchNorm is a fixed per-channel affine map, so a convolution followed by it is one
 convolution with scaled weights and a bias: W' = W * g / sqrt(v + eps), b' = beta + (b - mu) * g /
 sqrt(v + eps). The folded copy computes the same function up to rounding and skips one pass over
-every activation map (bench/ruc_epoch.py: the no-grad forward of ResNet-18 on 32x32 images is
-about a fifth cheaper in float32 channels_last on an AVX2 EPYC).
+every activation map. Measured on an AVX2 EPYC (float32 channels_last, ResNet-18, 200 images of
+32x32, alternating runs): 4.06 CPU s folded, copy included, against 4.07 s, because convolutions
+are 96% of that forward; so RUC uses it only when asked (core.ruc.perf.PerfOptions).
 
 A BatchNorm2d is folded into the Conv2d defined just before it in the same parent module, which
 is how every CNN backbone of core.models is written (conv1/bn1, conv2/bn2, Sequential(conv, bn)

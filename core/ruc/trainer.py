@@ -203,7 +203,7 @@ def _build_runtime(
         autocast_dtype=autocast_dtype,
         nograd_chunk=nograd_chunk_size(dev, spec.batch_size),
         views=views,
-        fold_batchnorm=resolve_fold(dev, perf) and not is_feature_input(images),  # MLPs: no convs
+        fold_batchnorm=resolve_fold(perf) and not is_feature_input(images),  # MLPs: no convs
     )
 
 
