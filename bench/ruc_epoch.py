@@ -248,7 +248,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=512, help="--features: hidden width of the MLP heads")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument(
-        "--levers", choices=["fp32", "bf16"], default=None, help="one row per lever (bench/ruc_levers.py)"
+        "--levers",
+        default=None,
+        help="fp32, bf16 or a comma list of rows: one row per lever (bench/ruc_levers.py)",
     )
     ap.add_argument("--lever-row", default=None, help=argparse.SUPPRESS)  # a child of --levers
     add_summary_argument(ap)

@@ -45,8 +45,15 @@ LEVERS: dict[str, tuple[PerfOptions, bool]] = {  # name: (arithmetic, refine.int
 }
 
 
-def lever_names(family: str) -> list[str]:
-    return [name for name in LEVERS if name.startswith(family + " ")]
+def lever_names(choice: str) -> list[str]:
+    """The rows of family ``choice`` (fp32, bf16), or the comma list ``choice`` of row names."""
+    if choice in ("fp32", "bf16"):
+        return [name for name in LEVERS if name.startswith(choice + " ")]
+    names = [name.strip() for name in choice.split(",")]
+    unknown = [name for name in names if name not in LEVERS]
+    if unknown:
+        raise SystemExit(f"unknown lever rows {unknown}; choose from {list(LEVERS)}")
+    return names
 
 
 def run_rows(argv: list[str], names: list[str]) -> list[dict[str, Any]]:
