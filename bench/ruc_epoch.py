@@ -21,6 +21,11 @@ Peak RSS is the process's ru_maxrss after each stage.
 Variants: fp32, channels_last, bf16 autocast, channels_last + bf16 (floor for each; the RUC
 epoch for the default and, with --variant-epochs, for every variant).
 
+With --levers fp32 (or bf16) it prints one row per lever instead (bench/ruc_levers.py: each a RUC
+epoch in its own process, its CPU seconds, floor, peak RSS and ratio to the family's baseline row):
+
+    .venv/bin/python bench/ruc_epoch.py --n 1000 --batch 100 --epochs 1 --device cpu --levers fp32
+
 With --features the data are N float32 feature vectors of --dim dimensions and the networks are
 a feature job's MLP heads (core.models.FeatureClusteringModel, hidden width --hidden) with the
 default feature views; the floor replays the same passes on random (B, D) matrices:
@@ -31,14 +36,17 @@ default feature views; the floor replays the same passes on random (B, D) matric
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import resource
+import sys
 import time
 from contextlib import nullcontext
 from typing import Any
 
 import torch
+from ruc_levers import LEVERS, lever_names, run_rows
 from summary import add_summary_argument, write_summary
 
 from core.models import ClusteringModel, FeatureClusteringModel, build_backbone, feature_statistics
@@ -238,8 +246,26 @@ def main() -> None:
     ap.add_argument("--features", action="store_true", help="feature vectors and MLP heads instead of images")
     ap.add_argument("--dim", type=int, default=768, help="--features: D of the vectors")
     ap.add_argument("--hidden", type=int, default=512, help="--features: hidden width of the MLP heads")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--levers",
+        default=None,
+        help="fp32, bf16 or a comma list of rows: one row per lever (bench/ruc_levers.py)",
+    )
+    ap.add_argument("--lever-row", default=None, help=argparse.SUPPRESS)  # a child of --levers
     add_summary_argument(ap)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.lever_row:
+        print(json.dumps(lever_row(args, args.lever_row)))
+        return
+    if args.levers:
+        print(f"load average at start: {os.getloadavg()}; threads={torch.get_num_threads()}; n={args.n}")
+        rows = run_rows(sys.argv, lever_names(args.levers))
+        print(f"load average now: {os.getloadavg()}")
+        write_summary(args.summary, f"ruc_levers_{args.levers}", {"n": args.n, "rows": rows})
+        return
     rss_imports = peak_rss_mb()
 
     device = torch.device(args.device)
@@ -326,6 +352,40 @@ def main() -> None:
     print(f"load average now: {os.getloadavg()}")
     print(f"peak RSS (whole process) {peak_rss_mb():.0f} MB; after imports alone {rss_imports:.0f} MB")
     write_summary(args.summary, "ruc_epoch", {**figures, "peak_rss_mb": peak_rss_mb()})
+
+
+def lever_row(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """One lever's RUC epoch (this process's peak RSS is its own) and its floor."""
+    perf, interleave = LEVERS[name]
+    device = torch.device(args.device)
+    spec = RefineSpec(epochs=args.epochs, batch_size=args.batch, interleave=interleave)
+    inputs = make_inputs(args.n, args.clusters, args.clean_fraction, 0, device, args.backbone)
+    n_clean = int(inputs["clean"].sum())
+    cpu0 = cpu_seconds()
+    per_epoch = ruc_epochs(inputs, spec, args.clusters, device, perf)
+    cpu_s = cpu_seconds() - cpu0
+    rss = peak_rss_mb()
+    epoch_s = sum(m["seconds"] for m in per_epoch) / len(per_epoch)
+    floor_s, _ = floor_epoch(
+        spec,
+        args.clusters,
+        n_clean,
+        args.n - n_clean,
+        args.n,
+        device,
+        perf,
+        max_steps=args.variant_steps,
+        backbone_name=args.backbone,
+    )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return {
+        "name": name,
+        "epoch_s": epoch_s,
+        "cpu_s": cpu_s,
+        "floor_s": floor_s,
+        "peak_rss_mb": rss,
+        "load": load,
+    }
 
 
 def _same(a: PerfOptions, b: PerfOptions) -> bool:

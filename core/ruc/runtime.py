@@ -12,6 +12,7 @@ import torch
 
 from core.hooks import RunHooks
 from core.models import ClusteringModel
+from core.models.folding import fold_batchnorm
 from core.ruc.losses import minmax_normalise
 from core.ruc.state import RucState, load_state
 from core.ruc.views import Views
@@ -33,6 +34,14 @@ class Runtime:
     autocast_dtype: torch.dtype | None
     nograd_chunk: int
     views: Views  # rows and weak/strong views of the data (images or features)
+    fold_batchnorm: bool = False  # label guessing on BatchNorm-folded copies (core.ruc.perf)
+
+    def nograd_net(self, k: int) -> torch.nn.Module:
+        """Network k for forwards without gradients in eval mode: a folded copy (valid until k's
+        next optimiser step) or the network itself, switched to eval mode."""
+        if self.fold_batchnorm:
+            return fold_batchnorm(self.nets[k])
+        return self.nets[k].eval()
 
     def table_weight(self, slot: int) -> torch.Tensor:
         """w of Eq. (11) for every sample: table ``slot``'s max probability, min-max normalised (N,).

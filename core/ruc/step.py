@@ -108,13 +108,14 @@ def _targets(
     ub: torch.Tensor | None,
     spec: RefineSpec,
     k_clusters: int,
+    partner_net: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(y_bar (B, K) co-refined labels, q_bar (B, K) guessed labels or None); batch refurbishing.
 
     One concatenated no-grad forward per network: its own views of u (label guessing), its own
     f(x) without co-training, and u itself when refurbishing inside the batch loop.
+    partner_net: the partner for those forwards (Runtime.nograd_net, made once per pass).
     """
-    net = rt.nets[k]
     co = len(rt.nets) == 2
     partner_slot = 1 - k if co else k
     n_x = xb.numel()
@@ -122,8 +123,7 @@ def _targets(
     own_x = spec.mixmatch and not co  # its own current f(x) replaces the partner's table
     own_u = spec.refurbish and spec.refurbish_mode == "batch" and v.u is not None
     parts = ([v.x] if own_x else []) + ([v.u] if own_u and v.u is not None else []) + v.u_weak
-    net.eval()
-    own = _nograd(net, torch.cat(parts), rt) if parts else None
+    own = _nograd(rt.nograd_net(k), torch.cat(parts), rt) if parts else None
     at = 0
     p_x = rt.table[partner_slot][xb]
     if own_x and own is not None:
@@ -138,15 +138,21 @@ def _targets(
     if n_u and own is not None:
         guesses = [own[at:].view(spec.weak_augmentations, n_u, k_clusters)]
         if co:
-            partner = rt.nets[1 - k]
-            partner.eval()
+            partner = partner_net if partner_net is not None else rt.nograd_net(1 - k)
             p = _nograd(partner, torch.cat(v.u_weak), rt)
             guesses.append(p.view(spec.weak_augmentations, n_u, k_clusters))
         q_bar = guess_labels(torch.cat(guesses), spec.sharpen_temperature)  # (B, K)
+    return corefined_labels(rt, partner_slot, xb, p_x, spec, k_clusters), q_bar
+
+
+def corefined_labels(
+    rt: Runtime, partner_slot: int, xb: torch.Tensor, p_x: torch.Tensor, spec: RefineSpec, k_clusters: int
+) -> torch.Tensor:
+    """y_bar (B, K) of Eq. (11)-(12): the pseudo-labels of xb co-refined with p_x, weighted by the
+    confidence of table ``partner_slot``."""
     y = F.one_hot(rt.pseudo[xb], k_clusters).float()
     weights = rt.table_weight(partner_slot)[xb]
-    y_bar = co_refine(y, p_x, weights, spec.sharpen_temperature)  # (B, K)
-    return y_bar, q_bar
+    return co_refine(y, p_x, weights, spec.sharpen_temperature)
 
 
 def _backward(
@@ -232,24 +238,32 @@ def train_step(
     ub: torch.Tensor | None,
     spec: RefineSpec,
     ps: PassSettings,
+    partner_net: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """One SGD step of network k on clean rows ``xb`` (B,) and unclean rows ``ub`` (B,) or None.
 
-    Returns the step's loss terms (3,) = [L_Xs, L_Xhat, L_Uhat], detached. Also the memory
-    preflight's dry run (core/ruc/preflight.py), so it measures exactly what training allocates.
+    partner_net: the partner's network for forwards without gradients, when the pass made it once
+    (a folded copy); None: ``rt.nograd_net``. Returns the step's loss terms (3,) = [L_Xs, L_Xhat,
+    L_Uhat], detached. Also the memory preflight's dry run (core/ruc/preflight.py), so it measures
+    exactly what training allocates.
     """
-    opt = rt.optimizers[k]
     views = _views(rt, images, xb, ub, spec)
-    targets = _targets(rt, k, views, xb, ub, spec, ps.num_clusters)
-    opt.zero_grad(set_to_none=True)
+    targets = _targets(rt, k, views, xb, ub, spec, ps.num_clusters, partner_net)
+    rt.optimizers[k].zero_grad(set_to_none=True)
     terms = _backward(rt, k, views, xb, targets, spec, ps)
     del views, targets
-    reduce_step(rt.nets[k], terms)  # sums gradients and terms over ranks (no-op on one)
+    optimizer_step(rt, k, terms)
+    return terms
+
+
+def optimizer_step(rt: Runtime, k: int, terms: torch.Tensor) -> None:
+    """After network k's backward: gradients (and ``terms``, in place) summed over ranks, one SGD step."""
+    reduce_step(rt.nets[k], terms)  # no-op on one rank
+    opt = rt.optimizers[k]
     opt.step()
     # Gradients are dead until the next backward: freeing them now keeps them out of the
     # peak of the no-grad forwards and of the partner's pass (45 MB per ResNet-18).
     opt.zero_grad(set_to_none=True)
-    return terms
 
 
 def train_pass(
@@ -262,7 +276,28 @@ def train_pass(
     Returns (loss sums (3,) = [L_Xs, L_Xhat, L_Uhat] over the steps, detached; number of steps).
     Raises TrainingDiverged at the first non-finite loss (checked every STOP_CHECK_EVERY steps).
     """
-    dev, bsz, gen = images.device, spec.batch_size, rt.generator
+    dev, bsz = images.device, spec.batch_size
+    steps, clean_order, unclean_order = pass_orders(rt, bsz, dev)
+    step_terms = torch.zeros(steps, 3, device=dev)
+    checked = 0
+    # The partner does not change during this pass: one copy for its forwards serves every step.
+    partner_net = rt.nograd_net(1 - k) if len(rt.nets) == 2 and spec.mixmatch else None
+    for step in range(steps):
+        if step and step % STOP_CHECK_EVERY == 0:
+            _check_finite(step_terms[checked:step], checked, ps)
+            checked = step
+            hooks.check_stop(f"network {k + 1}, step {step}")
+        xb, ub = step_batches(clean_order, unclean_order, step, bsz)
+        step_terms[step] = train_step(k, rt, images, xb, ub, spec, ps, partner_net)
+    _check_finite(step_terms[checked:], checked, ps)
+    refresh_table(k, rt, images)
+    return step_terms.sum(dim=0), steps
+
+
+def pass_orders(rt: Runtime, bsz: int, dev: torch.device) -> tuple[int, torch.Tensor, torch.Tensor | None]:
+    """(steps, clean order, unclean order or None) of one pass: ceil(|X| / B) steps over the clean
+    set in a fresh random order topped up to whole batches, unclean samples cyclically at random."""
+    gen = rt.generator
     clean_idx = rt.clean.nonzero().squeeze(1)
     unclean_idx = (~rt.clean).nonzero().squeeze(1)
     steps = math.ceil(clean_idx.numel() / bsz)
@@ -270,17 +305,20 @@ def train_pass(
     unclean_order = None
     if unclean_idx.numel():
         unclean_order = unclean_idx[_cycled_order(unclean_idx.numel(), steps * bsz, gen).to(dev)]
-    step_terms = torch.zeros(steps, 3, device=dev)
-    checked = 0
-    for step in range(steps):
-        if step and step % STOP_CHECK_EVERY == 0:
-            _check_finite(step_terms[checked:step], checked, ps)
-            checked = step
-            hooks.check_stop(f"network {k + 1}, step {step}")
-        xb = clean_order[step * bsz : (step + 1) * bsz]
-        ub = unclean_order[step * bsz : (step + 1) * bsz] if unclean_order is not None else None
-        step_terms[step] = train_step(k, rt, images, xb, ub, spec, ps)
-    _check_finite(step_terms[checked:], checked, ps)
+    return steps, clean_order, unclean_order
+
+
+def step_batches(
+    clean_order: torch.Tensor, unclean_order: torch.Tensor | None, step: int, bsz: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(xb, ub): the clean and unclean indices of ``step``."""
+    xb = clean_order[step * bsz : (step + 1) * bsz]
+    ub = unclean_order[step * bsz : (step + 1) * bsz] if unclean_order is not None else None
+    return xb, ub
+
+
+def refresh_table(k: int, rt: Runtime, images: torch.Tensor) -> None:
+    """Network k's prediction table: its eval-mode softmax on every unaugmented image."""
     rt.table[k] = gather_rows(
         lambda lo, hi: predict_softmax(
             rt.nets[k],
@@ -293,4 +331,3 @@ def train_pass(
         images.shape[0],
     )
     rt.ready[k] = True
-    return step_terms.sum(dim=0), steps

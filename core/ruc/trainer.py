@@ -12,7 +12,7 @@ Choices worth knowing:
   other trains, so its table *is* its current f(x) for everything that needs one: the partner's
   f(x) and confidence w in co-refinement, co-refurbishing at the epoch end, the confidence
   figure and the final ensemble. Per step, only the M weak views of u are forwarded without
-  gradients (own network and partner, for label guessing).
+  gradients (own network and partner, for label guessing; refine.interleave shares them).
 * Forwards without gradients run in eval mode: a sample's prediction then does not depend on
   its batch-mates, it is the same function the final ensemble and refurbishing use, and
   BatchNorm's running statistics only see the training views. (The authors' script keeps train
@@ -46,9 +46,17 @@ from core.hooks import RunHooks
 from core.models import ClusteringModel, FeatureClusteringModel
 from core.models.inference import predict_softmax
 from core.ruc.epoch_metrics import label_metrics
+from core.ruc.interleave import train_interleaved
 from core.ruc.losses import cosine_lr
 from core.ruc.networks import build_net, build_optimizers, set_lr
-from core.ruc.perf import INFERENCE_BATCH_FACTOR, PerfOptions, nograd_chunk_size, place_network, resolve_perf
+from core.ruc.perf import (
+    INFERENCE_BATCH_FACTOR,
+    PerfOptions,
+    nograd_chunk_size,
+    place_network,
+    resolve_fold,
+    resolve_perf,
+)
 from core.ruc.refurbish import apply_refurbish, refurbish_candidates
 from core.ruc.runtime import Runtime, try_resume
 from core.ruc.schedules import Schedule, resolve_schedule
@@ -193,6 +201,7 @@ def _build_runtime(
         autocast_dtype=autocast_dtype,
         nograd_chunk=nograd_chunk_size(dev, spec.batch_size),
         views=views,
+        fold_batchnorm=resolve_fold(perf) and not is_feature_input(images),  # MLPs: no convs
     )
 
 
@@ -228,11 +237,15 @@ def _run_epoch(
     sums = torch.zeros(3, device=images.device)
     steps = 0
     n_nets = len(rt.nets)
-    for k in range(n_nets):
-        s, st = train_pass(k, rt, images, spec, ps, hooks)
-        sums += s
-        steps += st
-        hooks.on_progress((epoch * n_nets + k + 1) / (spec.epochs * n_nets), epoch + 1, spec.epochs)
+    if spec.interleave and n_nets == 2:  # both passes at once, sharing the label guesses
+        sums, steps = train_interleaved(rt, images, spec, ps, hooks)
+        hooks.on_progress((epoch + 1) / spec.epochs, epoch + 1, spec.epochs)
+    else:
+        for k in range(n_nets):
+            s, st = train_pass(k, rt, images, spec, ps, hooks)
+            sums += s
+            steps += st
+            hooks.on_progress((epoch * n_nets + k + 1) / (spec.epochs * n_nets), epoch + 1, spec.epochs)
     tau2 = BATCH_REFURBISH_THRESHOLD if spec.refurbish_mode == "batch" else sched.tau2_at(epoch)
     _refurbish_epoch_end(rt, spec, tau2)
     loss_xs, loss_x, loss_u = (sums / max(steps, 1)).tolist()

@@ -117,6 +117,17 @@ class RefineSpec(_Spec):
         "batch: the authors' script (inside the batch loop, fixed 0.99, current network)",
     )
     co_training: bool = Field(default=True, description="two networks that refine each other's labels")
+    interleave: bool = Field(
+        default=False,
+        description="co-training only: the two networks step alternately on the same clean and unclean "
+        "batches and the same weak views of u, so the label guess q_bar (both networks over the M weak "
+        "views, Eq. (13)-(14)) is computed once per pair of steps, halving the forwards without "
+        "gradients. Differs from the default sequential passes: network 2's guess uses network 1's "
+        "weights from before network 1's step (not after its whole pass), both networks draw one batch "
+        "order per epoch, and network 2's co-refinement reads network 1's prediction table of the "
+        "previous epoch (both tables are refreshed at the epoch end). Off (default): Algorithm 1 as "
+        "the authors run it, network 1's full pass, then network 2's",
+    )
     mixmatch: bool = Field(default=True, description="off: drops L_Xhat and L_Uhat (both MixMatch terms)")
     refurbish: bool = Field(default=True, description="co-refurbishing, Eq. (18)-(19)")
     strong_loss: bool = Field(
