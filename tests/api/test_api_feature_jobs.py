@@ -85,10 +85,11 @@ def test_submit_checks_the_spec_against_the_feature_spaces(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_predictions_on_a_feature_job_are_a_422_naming_the_job(
+def test_predictions_on_a_feature_job_whose_result_names_no_feature_space_are_a_422_naming_the_job(
     client: TestClient, keys: Keys, settings: Settings
 ) -> None:
-    """Predictions assign new images; a feature job's MLP heads have none to read."""
+    """A feature job's predictions read its feature array, named in ``base_info.feature_space``
+    (test_api_predictions checks them); a result without it cannot say which array to read."""
     import io
     import json
     from pathlib import Path
@@ -127,4 +128,4 @@ def test_predictions_on_a_feature_job_are_a_422_naming_the_job(
     )
     assert r.status_code == 422, r.text
     err = r.json()["errors"][0]
-    assert err["field"] == "job_id" and "read precomputed features" in err["problem"], err
+    assert err["field"] == "job_id" and "records no feature space" in err["problem"], err

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save as safetensors_bytes
 
 from api.memory_estimate import estimate_job_memory
+from core.memory import shrink_floor
 from core.models import VisionTransformer, ViTConfig
 from core.spec import JobSpec
 from service.settings import Settings
@@ -88,13 +89,17 @@ def test_vit_uploads_report_their_layout_and_architecture(
     assert (dino["info"]["vit"]["registers"], dino["info"]["vit"]["layer_scale"]) == (4, True)
     assert dino["info"]["keys"]["ignored"] == ["mask_token"]
 
-    # A job on the ViT is sized by its architecture: 224 px images make 785 tokens of 128 channels.
-    ds = ready_dataset(client, settings, keys.a, count=2000, height=224, width=224, channels=3)
+    # A job on the ViT is sized by its architecture: 448 px images make 3,137 tokens of 128 channels.
+    # The submit check counts the batch the worker's preflight may shrink to (B/8): 512 such images
+    # of activations at once do not fit 24 GiB.
+    ds = ready_dataset(client, settings, keys.a, count=4096, height=448, width=448, channels=3)
     base = {"embedding_checkpoint_id": tv["id"]}
-    r = submit(client, keys.a, ds, base=base, refine={"batch_size": 2000})
+    r = submit(client, keys.a, ds, base=base, refine={"batch_size": 4096})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "refine.batch_size", r.text
-    spec = JobSpec(dataset_id=ds, num_clusters=2, base=base, refine={"batch_size": 2000})
-    facts = {"count": 2000, "height": 224, "width": 224, "channels": 3}
-    expected = estimate_job_memory(spec, facts, checkpoint_backbone="vit", checkpoint_vit=info["vit"])
+    spec = JobSpec(dataset_id=ds, num_clusters=2, base=base, refine={"batch_size": 4096})
+    facts = {"count": 4096, "height": 448, "width": 448, "channels": 3}
+    expected = estimate_job_memory(
+        spec, facts, checkpoint_backbone="vit", checkpoint_vit=info["vit"], batch_size=shrink_floor(4096)
+    )
     assert expected is not None and r.json()["estimated_bytes"] == expected.total
     assert "backbone vit" in r.json()["detail"]
