@@ -40,9 +40,11 @@ RESUMED = re.compile(r"resumed from epoch (\d+) \(attempt (\d+)\)")
 
 def _comparable(result: dict[str, Any]) -> dict[str, Any]:
     """The result without what differs by how it was run: wall-clock measurements (stage timings,
-    seconds per epoch) and whether the base came from the job's cache (a resumed attempt's did)."""
+    seconds per epoch), the memory preflight (the worker's measures its process; the reference runs
+    without one) and whether the base came from the job's cache (a resumed attempt's did)."""
     out = copy.deepcopy(result)
     out.pop("timings", None)
+    out.pop("preflight", None)
     out["base_info"].pop("reused_from_cache", None)
     for row in out["per_epoch"]:
         row.pop("seconds", None)
